@@ -1,0 +1,152 @@
+"""GRPO math in train.py against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+import train
+from train import Config, group_advantages, k3_kl, masked_reduce, pack, policy_loss_torch, token_logprobs
+
+
+def cfg(**kw):
+    base = dict(domains=("math",), clip_low=0.2, clip_high=0.28, temperature=1.0, max_new_tokens=4)
+    return Config(**{**base, **kw})
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    # group 1: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = 0.57735; group 2: all equal -> 0
+    adv = group_advantages(r, 4, scale_std=True, eps=0.0 + 1e-6)
+    s = math.sqrt(1 / 3)
+    expect = torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0])
+    assert torch.allclose(adv, expect, atol=1e-5)
+    drgrpo = group_advantages(r, 4, scale_std=False)
+    assert torch.allclose(drgrpo, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+
+
+def test_token_logprobs_by_hand():
+    # identity weight: hidden are the logits
+    hidden = torch.tensor([[[0.0, math.log(3.0)]]])          # probs 1/4, 3/4
+    lp = token_logprobs(hidden, torch.eye(2), torch.tensor([[1]]))
+    assert lp.item() == pytest.approx(math.log(0.75), abs=1e-6)
+    lp_t2 = token_logprobs(hidden, torch.eye(2), torch.tensor([[1]]), temperature=2.0)
+    p = math.sqrt(3) / (1 + math.sqrt(3))                    # logits halved
+    assert lp_t2.item() == pytest.approx(math.log(p), abs=1e-6)
+
+
+def test_k3_by_hand():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    d = math.log(0.5)
+    assert k3_kl(logp, ref).item() == pytest.approx(math.exp(d) - d - 1, abs=1e-7)
+    assert k3_kl(ref, ref).item() == 0.0
+
+
+def test_masked_reduce_variants():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert masked_reduce(x, m, "token", 3).item() == pytest.approx(1 + 2 + 4)
+    assert masked_reduce(x, m, "sequence", 3).item() == pytest.approx(1.5 + 4)
+    assert masked_reduce(x, m, "constant", 3).item() == pytest.approx(7 / 3)
+
+
+def _one_token(logits, target):
+    """hidden = logits with an identity output weight, so logp is known exactly."""
+    h = torch.tensor([[logits]], requires_grad=True)          # (1, 1, V)
+    return h, torch.eye(len(logits)), torch.tensor([[target]]), torch.ones(1, 1)
+
+
+@pytest.mark.parametrize("ratio,adv,clipped", [
+    (1.5, 1.0, True),     # above 1 + 0.28 with positive advantage: clipped, no gradient
+    (1.1, 1.0, False),    # inside the range
+    (0.5, -1.0, True),    # below 1 - 0.2 with negative advantage: clipped
+    (0.5, 1.0, False),    # below the range but positive advantage: min keeps the unclipped term
+    (1.5, -1.0, False),   # above the range with negative advantage: unclipped term is the min
+])
+def test_clipped_surrogate_by_hand(ratio, adv, clipped):
+    h, w, t, m = _one_token([0.3, -0.2, 0.1], 0)
+    logp = torch.log_softmax(torch.tensor([0.3, -0.2, 0.1]), -1)[0].item()
+    old = torch.tensor([[logp - math.log(ratio)]])
+    loss, stats = policy_loss_torch(h, w, t, m, torch.tensor([adv]), old, cfg())
+    c = min(max(ratio, 0.8), 1.28)
+    assert loss.item() == pytest.approx(-min(ratio * adv, c * adv), abs=1e-5)
+    assert stats["clip_frac"].item() == float(clipped)
+    loss.backward()
+    if clipped:
+        assert h.grad.abs().max().item() == 0.0
+    else:  # d(-ratio*adv)/dlogits = -adv * ratio * (onehot - softmax)
+        p = torch.softmax(torch.tensor([0.3, -0.2, 0.1]), -1)
+        expect = -adv * ratio * (torch.tensor([1.0, 0, 0]) - p)
+        assert torch.allclose(h.grad[0, 0], expect, atol=1e-5)
+
+
+def test_on_policy_gradient_is_policy_gradient():
+    # old_logp=None: ratio 1, loss -adv, gradient -adv * dlogp
+    h, w, t, m = _one_token([0.5, 0.0], 1)
+    loss, _ = policy_loss_torch(h, w, t, m, torch.tensor([2.0]), None, cfg())
+    assert loss.item() == pytest.approx(-2.0)
+    loss.backward()
+    p = torch.softmax(torch.tensor([0.5, 0.0]), -1)
+    assert torch.allclose(h.grad[0, 0], -2.0 * (torch.tensor([0.0, 1.0]) - p), atol=1e-6)
+
+
+def test_kl_and_importance_weight_terms():
+    h, w, t, m = _one_token([0.0, 0.0], 0)                     # logp = log 0.5
+    ref = torch.tensor([[math.log(0.25)]])
+    loss, stats = policy_loss_torch(h, w, t, m, torch.tensor([1.0]), None, cfg(kl_coef=0.1), ref_logp=ref)
+    d = math.log(0.5)
+    assert loss.item() == pytest.approx(-1.0 + 0.1 * (math.exp(d) - d - 1), abs=1e-6)
+    assert stats["kl"].item() == pytest.approx(math.exp(d) - d - 1, abs=1e-6)
+    loss_w, _ = policy_loss_torch(h, w, t, m, torch.tensor([1.0]), None, cfg(), is_weight=torch.tensor([[0.5]]))
+    assert loss_w.item() == pytest.approx(-0.5, abs=1e-6)     # surrogate scaled by the weight
+
+
+def test_per_token_advantages_broadcast():
+    h = torch.zeros(1, 2, 2, requires_grad=True)
+    loss, _ = policy_loss_torch(h, torch.eye(2), torch.tensor([[0, 1]]), torch.ones(1, 2),
+                                torch.tensor([[1.0, -3.0]]), None, cfg())
+    assert loss.item() == pytest.approx(-(1.0 - 3.0))
+
+
+def test_pack_masks_completion_tokens_including_eos():
+    s = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 2]}, {"prompt_ids": [5], "completion_ids": [9, 9, 2]}]
+    ids, attn, targets, mask = pack(s, pad_id=0, device="cpu")
+    assert ids.tolist() == [[5, 6, 7, 8, 2], [5, 9, 9, 2, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    # targets are ids[:, 1:]; the mask covers exactly the completion tokens, EOS (2) included
+    assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
+    assert [t for t, k in zip(targets[0].tolist(), mask[0].tolist()) if k] == [8, 2]
+    assert [t for t, k in zip(targets[1].tolist(), mask[1].tolist()) if k] == [9, 9, 2]
+
+
+def test_liger_matches_torch():
+    pytest.importorskip("liger_kernel.chunked_loss")
+    torch.manual_seed(0)
+    B, T, H, V = 4, 6, 8, 11
+    hidden0 = torch.randn(B, T, H)
+    weight0 = torch.randn(V, H) * 0.5
+    targets = torch.randint(0, V, (B, T))
+    mask = torch.ones(B, T)
+    mask[1, 4:] = 0
+    mask[3, 2:] = 0
+    adv = torch.tensor([1.0, -0.5, 0.3, -1.2])
+    with torch.no_grad():
+        base = token_logprobs(hidden0, weight0, targets, 0.7)
+    old = base + 0.3 * torch.randn(B, T)                     # ratios on both sides of the clip range
+    ref = base + 0.2 * torch.randn(B, T)
+    isw = torch.rand(B, T) * 2
+    for norm in ("token", "sequence", "constant"):
+        c = cfg(loss_norm=norm, kl_coef=0.05, temperature=0.7, max_new_tokens=T)
+        grads = []
+        for fn in (train.policy_loss_torch, train.policy_loss_liger):
+            h = hidden0.clone().requires_grad_(True)
+            w = weight0.clone().requires_grad_(True)
+            loss, stats = fn(h, w, targets, mask, adv, old, c, ref_logp=ref, is_weight=isw)
+            loss.backward()
+            grads.append((loss.detach(), h.grad, w.grad, stats["clip_frac"], stats["kl"]))
+        (l1, gh1, gw1, c1, k1), (l2, gh2, gw2, c2, k2) = grads
+        assert torch.allclose(l1, l2, atol=1e-5), norm
+        assert torch.allclose(gh1, gh2, atol=1e-5), norm
+        assert torch.allclose(gw1, gw2, atol=1e-5), norm
+        assert c1.item() == pytest.approx(c2.item(), abs=1e-4)
+        assert k1.item() == pytest.approx(k2.item(), abs=1e-4)

@@ -1,0 +1,183 @@
+"""train.py: command line, data order, FSDP2 equivalence, learning, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run(args, **kw):
+    return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# --- command line
+
+def test_domains_comma_list_parses_as_several():
+    assert train.cli(["--domains", "math,code"]).domains == ("math", "code")
+    assert train.cli(["--domains", "math", "code,if"]).domains == ("math", "code", "if")
+    assert train.cli(["--domains", "math"]).run_name == "math"
+
+
+def test_unknown_domain_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid: math, code, science, if"):
+        train.Config(domains=("math", "chess"))
+
+
+def test_paper_preset_and_override():
+    cfg = train.cli(["--preset", "paper", "--lr", "1e-6", "--domains", "math"])
+    assert (cfg.prompts_per_step, cfg.group_size, cfg.lr, cfg.adam_betas) == (128, 16, 1e-6, (0.9, 0.98))
+    assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
+    with pytest.raises(SystemExit):
+        train.cli(["--preset", "nope"])
+
+
+# --- data order
+
+def test_split_counts_and_mix():
+    assert train.split_counts(10, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 3, "c": 2} or \
+        train.split_counts(10, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 2, "c": 3}
+    assert sum(train.split_counts(7, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}).values()) == 7
+    assert train.mix_weights("proportional", ("math", "code")) is None
+    assert train.mix_weights("uniform", ("math", "code")) == {"math": 0.5, "code": 0.5}
+    assert train.mix_weights("math=3,code=1", ("math", "code")) == {"math": 0.75, "code": 0.25}
+    with pytest.raises(ValueError, match="not among --domains"):
+        train.mix_weights("science=1", ("math", "code"))
+
+
+def test_batch_for_step_is_deterministic_and_follows_ratios():
+    pools = {"math": [{"id": f"m{i}", "domain": "math"} for i in range(30)],
+             "code": [{"id": f"c{i}", "domain": "code"} for i in range(10)]}
+    a = train.batch_for_step(pools, None, 3, 8, seed=1)
+    assert a == train.batch_for_step(pools, None, 3, 8, seed=1)
+    assert a != train.batch_for_step(pools, None, 4, 8, seed=1)
+    # the pooled stream visits every row once per epoch (40 rows = 5 steps of 8)
+    seen = [r["id"] for s in range(5) for r in train.batch_for_step(pools, None, s, 8, seed=1)]
+    assert sorted(seen) == sorted(r["id"] for p in pools.values() for r in p)
+    w = train.mix_weights("uniform", ("math", "code"))
+    for step in range(6):
+        b = train.batch_for_step(pools, w, step, 8, seed=1)
+        assert sum(r["domain"] == "code" for r in b) == 4
+
+
+# --- FSDP2: two processes give the single-process gradient
+
+@pytest.mark.parametrize("norm", ["token", "sequence"])
+def test_fsdp2_two_processes_match_one(tmp_path, norm):
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_grads.py",
+             str(two), norm])
+    assert r.returncode == 0, r.stderr[-2000:]
+    g1, g2 = torch.load(one), torch.load(two)
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for k in g1:
+        assert g1[k].abs().max() > 0, k
+        torch.testing.assert_close(g2[k], g1[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+# --- end to end
+
+def test_reward_rises_on_learnable_task(tmp_path):
+    """The tiny model learns the easiest embedded math (difficulty 0) within a few seconds of steps."""
+    r = run([sys.executable, "train.py", "--domains", "math", "--steps", "30", "--out-dir", str(tmp_path),
+             "--save-every", "30", "--seed", "0"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = metrics(tmp_path / "math")
+    assert len(m) == 30
+    first = sum(x["reward"] for x in m[:5]) / 5
+    last = sum(x["reward"] for x in m[-5:]) / 5
+    assert last > first + 0.15, (first, last)
+    # the run directory is an HF model that merge.py / analyze.py can load
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(tmp_path / "math")
+    info = json.load(open(tmp_path / "math" / "run.json"))
+    assert info["steps_done"] == 30 and info["device_hours"] > 0
+
+
+def test_torchrun_two_processes_mixed_domains(tmp_path):
+    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+             "--domains", "math,code", "--steps", "2", "--prompts-per-step", "4", "--group-size", "4",
+             "--out-dir", str(tmp_path)], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = metrics(tmp_path / "math-code")
+    assert [x["step"] for x in m] == [1, 2]
+    assert {"reward/math", "reward/code", "time/rollout", "tokens_per_s", "grad_norm"} <= set(m[0])
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    args = ["--domains", "math", "--steps", "8", "--save-every", "2", "--prompts-per-step", "4",
+            "--group-size", "4", "--run-name", "r"]
+    full = run([sys.executable, "train.py", *args, "--out-dir", str(tmp_path / "a")], timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    # kill -9 as soon as the step-4 checkpoint exists, then resume
+    out_b = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "train.py", *args, "--out-dir", str(out_b)], cwd=ROOT, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out_b / "r" / "checkpoints" / "step_000004" / "trainer_state.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ckpt.exists()
+    killed_at = len(metrics(out_b / "r"))
+    res = run([sys.executable, "train.py", *args, "--out-dir", str(out_b), "--resume"], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ma, mb = metrics(tmp_path / "a" / "r"), metrics(out_b / "r")
+    assert [x["step"] for x in mb] == list(range(1, 9)), killed_at
+    for xa, xb in zip(ma, mb):
+        assert xa["reward"] == pytest.approx(xb["reward"], abs=1e-6)
+        assert xa["loss"] == pytest.approx(xb["loss"], rel=1e-4, abs=1e-6)
+    from safetensors.torch import load_file
+    wa = load_file(tmp_path / "a" / "r" / "model.safetensors")
+    wb = load_file(out_b / "r" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_data_path_fails_before_work(tmp_path):
+    r = run([sys.executable, "train.py", "--domains", "math", "--data", str(tmp_path / "missing.jsonl"),
+             "--out-dir", str(tmp_path)])
+    assert r.returncode != 0
+    assert "missing.jsonl" in r.stderr
+    assert not (tmp_path / "math").exists()
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    real = train.policy_loss_torch
+
+    def nan_loss(*a, **k):
+        loss, stats = real(*a, **k)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(train, "policy_loss_torch", nan_loss)
+    cfg = train.Config(domains=("math",), steps=10, max_bad_steps=3, prompts_per_step=2, group_size=2,
+                       out_dir=str(tmp_path), save_every=100)
+    with pytest.raises(SystemExit, match="3 steps in a row had a non-finite"):
+        train.main(cfg)
+    m = metrics(tmp_path / "math")
+    assert [x["skipped"] for x in m] == [True, True, True]
+    # nothing was applied: the weights still equal the starting model saved at step 0
+    from safetensors.torch import load_file
+    import model as modeling
+    start = modeling.load_model("tiny")
+    saved = load_file(tmp_path / "math" / "checkpoints" / "step_000000" / "model.safetensors")
+    for k, v in start.state_dict().items():
+        if k in saved:
+            torch.testing.assert_close(saved[k], v)

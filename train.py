@@ -1,0 +1,745 @@
+"""GRPO for multi-domain RL with verifiable rewards: one expert per domain, or one model on a mix.
+
+Commands (CPU, offline, the embedded default: a tiny Qwen3 built in code, embedded data):
+    python train.py --domains math --steps 20                    # one expert, one process
+    torchrun --nproc_per_node 2 train.py --domains math,code     # the mixed model, 2 processes (gloo)
+    torchrun --nproc_per_node 2 train.py --domains math,code --resume   # continue from the last checkpoint
+One 8-GPU node (NCCL, FSDP2, Liger loss when CUDA is available):
+    torchrun --nproc_per_node 8 train.py --preset paper --model PATH_TO_SFT --data blend.jsonl \
+        --domains math,code,science,if
+Outputs go to out/<run_name>/: the final model in HF format at the top (merge.py and analyze.py read
+it directly), checkpoints/step_N/ (HF model + trainer_state.pt), metrics.jsonl, samples.jsonl, run.json.
+
+How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
+- The default preset is a toy: a random-init 2-layer model and easy embedded problems, so a CPU run learns
+  within minutes. `--preset paper` sets the paper's optimisation hyper-parameters.
+- Rollouts here come from HF `generate` on an unsharded copy of the weights (the paper used an inference
+  engine); the SGLang backend slots into `sync_weights` / `rollout`.
+- The importance weight for the rollout-vs-trainer gap (truncated at `tis_cap`, paper: 2) only applies when
+  the rollout backend returns its own log-probabilities; HF rollouts share the trainer's weights, so the gap
+  is zero there and the weight is skipped.
+- Group std uses the unbiased estimator (torch default); a group whose rewards are all equal gets zero
+  advantage either way.
+"""
+
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import tyro
+
+import data
+import model as modeling
+from verifiers import VERIFIERS, verify_batch
+
+
+def _split_domains(args: list[str]) -> tuple[str, ...]:
+    # tyro would parse `--domains math,code` as the single string "math,code"; split it here.
+    return tuple(d for a in args for d in a.split(",") if d)
+
+
+Domains = Annotated[
+    tuple[str, ...],
+    tyro.constructors.PrimitiveConstructorSpec(
+        nargs="*", metavar="DOMAIN[,DOMAIN...]", instance_from_str=_split_domains,
+        is_instance=lambda x: isinstance(x, tuple), str_from_instance=lambda x: [",".join(x)]),
+]
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class Config:
+    """GRPO training for one domain (an expert) or several (the mixed multi-task model)."""
+
+    # Run
+    preset: str = "tiny"
+    """Named set of defaults: tiny (CPU toy) or paper (the paper's hyper-parameters). Flags override it."""
+    run_name: str = ""
+    """Directory under out_dir; empty: derived from the domains, e.g. math-code."""
+    out_dir: str = "out"
+    """Where runs are written."""
+    seed: int = 0
+    """Seeds the model init, the data order and the rollouts (the run is reproducible from it)."""
+    steps: int = 40
+    """Optimisation steps (each: rollout, reward, update). 0 saves the starting model and stops."""
+    save_every: int = 20
+    """Checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep on disk."""
+    resume: bool = False
+    """Continue from the last checkpoint in out_dir/run_name with the same data order and optimizer."""
+
+    # Data and model
+    domains: Domains = ("math", "code", "science", "if")
+    """Comma-separated domains to train on: one gives an expert, several the mixed model."""
+    mix: str = "proportional"
+    """Domain ratios per step: proportional (pooled shuffle, as the paper), uniform, or math=0.5,code=0.5."""
+    data: str = "embedded"
+    """Training rows: 'embedded' or a .jsonl/.parquet file (row schema or the Nemotron RL blend)."""
+    difficulty: int = 0
+    """Difficulty of the embedded math problems (0 is learnable by the tiny model in minutes)."""
+    model: str = "tiny"
+    """Starting model: 'tiny' (built in code), 'smollm2-135m', or any HF causal LM path or hub id."""
+
+    # GRPO
+    prompts_per_step: int = 16
+    """Prompts per step across all processes (paper: 128); a multiple of the number of processes."""
+    group_size: int = 8
+    """Completions sampled per prompt (paper: 16)."""
+    max_new_tokens: int = 12
+    """Longest completion; longer ones are truncated."""
+    temperature: float = 1.0
+    """Sampling temperature; the trainer divides logits by it too, so both score the same policy."""
+    lr: float = 2e-3
+    """Adam learning rate, constant (paper: 2e-6)."""
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    """Adam betas (paper: 0.9, 0.98)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (paper: 0.1)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (paper: 1.0); 0 turns clipping off."""
+    clip_low: float = 0.2
+    """Lower ratio clip epsilon (paper: 0.2)."""
+    clip_high: float = 0.28
+    """Upper ratio clip epsilon, DAPO's clip-higher (paper: 0.28)."""
+    loss_norm: Literal["token", "sequence", "constant"] = "token"
+    """Loss reduction: mean over all completion tokens of the batch (DAPO), mean of per-sequence means
+    (original GRPO), or sum divided by sequences x max_new_tokens (Dr.GRPO)."""
+    scale_std: bool = True
+    """Divide group advantages by the group std; --no-scale-std is Dr.GRPO."""
+    filter_zero_var: bool = False
+    """Drop groups whose rewards are all equal before the update (DAPO dynamic sampling, no resampling)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the starting model (paper: 0, and then no reference model is built)."""
+    tis_cap: float = 2.0
+    """Cap of the truncated importance weight pi_trainer/pi_rollout (paper: 2); 0 turns it off."""
+    overlong_mask: bool = False
+    """Give truncated completions no gradient (DAPO overlong filtering)."""
+    overlong_penalty: float = 0.0
+    """Subtract this from the reward of a truncated completion."""
+    minibatches: int = 1
+    """Optimizer steps per rollout batch; 1 is fully on-policy (the clip ratio is then exactly 1)."""
+    micro_batch: int = 64
+    """Sequences per forward/backward pass (gradient accumulation below that)."""
+    think: bool = True
+    """Reward gate: a completion that opens <think> must close it; only the text after it is graded."""
+
+    # System
+    rollout: Literal["hf"] = "hf"
+    """Rollout backend: HF generate on an unsharded copy of the weights."""
+    liger: bool = False
+    """Use Liger's fused linear GRPO loss (chunked, no full logits); GPU only, needs liger-kernel."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Optional experiment tracker (metrics.jsonl is always written)."""
+    log_samples: int = 4
+    """Completions per step written to samples.jsonl."""
+    max_bad_steps: int = 3
+    """Stop after this many non-finite steps in a row."""
+    reward_workers: int = 4
+    """Parallel workers for the verifiers (code runs in sandboxed subprocesses)."""
+
+    def __post_init__(self):
+        unknown = [d for d in self.domains if d not in VERIFIERS]
+        if unknown or not self.domains:
+            raise ValueError(f"unknown domain(s) {unknown or '(none given)'}; valid: {', '.join(VERIFIERS)}")
+        assert self.group_size >= 2, "GRPO needs at least 2 completions per prompt"
+        assert self.prompts_per_step >= 1 and self.minibatches >= 1 and self.micro_batch >= 1
+        assert 0 <= self.clip_low < 1 and self.clip_high >= 0
+        if not self.run_name:
+            self.run_name = "-".join(self.domains)
+
+
+PRESETS = {
+    "tiny": Config(),
+    # The paper's optimisation settings; --model and --data must point at the real checkpoint and blend.
+    # max_new_tokens is our choice for a 4B thinking model, not a number taken from the paper.
+    "paper": Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6,
+                    weight_decay=0.1, micro_batch=8, save_every=50, steps=500, liger=torch.cuda.is_available()),
+}
+
+
+def cli(argv: list[str]) -> Config:
+    """`--preset NAME` picks the defaults; the remaining flags override them."""
+    preset = "tiny"
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            preset, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+            break
+        if a.startswith("--preset="):
+            preset, argv = a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+            break
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    return tyro.cli(Config, default=PRESETS[preset], args=argv,
+                    console_outputs=int(os.environ.get("RANK", 0)) == 0)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def all_max(x: int, device) -> int:
+    t = torch.tensor([x], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: shard each decoder block, then the root (which holds the embedding, tied to lm_head).
+    The root keeps its parameters unsharded after forward, so the loss can use lm_head.weight directly."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    # HF returns a sliced (view) output with logits_to_keep; we never modify outputs in place.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    # bf16 compute with fp32 master weights and fp32 gradient reduction on GPU; plain fp32 on CPU.
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    for block in model.model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+# ----------------------------------------------------------------------------- data
+
+def mix_weights(mix: str, domains: tuple[str, ...]) -> dict[str, float] | None:
+    """None for the pooled shuffle (proportional to data), else normalised per-domain weights."""
+    if mix == "proportional":
+        return None
+    if mix == "uniform":
+        return {d: 1.0 / len(domains) for d in domains}
+    weights = {}
+    for part in mix.split(","):
+        name, _, value = part.partition("=")
+        if name not in domains:
+            raise ValueError(f"--mix names {name!r}, which is not among --domains {','.join(domains)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--mix {part!r}: expected DOMAIN=NUMBER") from None
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"--mix {mix!r}: weights must be >= 0 with a positive sum")
+    total = sum(weights.values())
+    return {d: weights.get(d, 0.0) / total for d in domains}
+
+
+def split_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """n items split by weights with largest remainders, so counts sum to n exactly."""
+    raw = {d: n * w for d, w in weights.items()}
+    counts = {d: int(math.floor(r)) for d, r in raw.items()}
+    for d in sorted(raw, key=lambda d: counts[d] - raw[d])[: n - sum(counts.values())]:
+        counts[d] += 1
+    return counts
+
+
+@lru_cache(maxsize=64)
+def _permutation(n: int, seed: int, salt: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, salt, epoch]).permutation(n)
+
+
+def take(rows: list[dict], start: int, k: int, seed: int, salt: int) -> list[dict]:
+    """Items start..start+k of an endless stream of seeded shuffles of rows (one shuffle per epoch)."""
+    out = []
+    for i in range(start, start + k):
+        epoch, j = divmod(i, len(rows))
+        out.append(rows[_permutation(len(rows), seed, salt, epoch)[j]])
+    return out
+
+
+def batch_for_step(pools: dict[str, list[dict]], weights, step: int, n: int, seed: int) -> list[dict]:
+    """The n prompts of one step: a pure function of the step, so a resumed run sees the same data."""
+    if weights is None:  # pooled shuffle: each domain appears in proportion to its number of rows
+        pooled = [r for d in pools for r in pools[d]]
+        return take(pooled, step * n, n, seed, salt=0)
+    batch = []
+    for i, (d, k) in enumerate(split_counts(n, weights).items()):
+        batch += take(pools[d], step * k, k, seed, salt=i + 1) if k else []
+    order = np.random.default_rng([seed, step]).permutation(len(batch))  # mix domains across ranks
+    return [batch[i] for i in order]
+
+
+# ----------------------------------------------------------------------------- rollout
+
+def sync_weights(model: torch.nn.Module, engine: torch.nn.Module) -> None:
+    """Copy the trainer's (possibly sharded) weights into the rollout engine, one tensor at a time.
+    HF backend: the engine is an unsharded copy of the model; each DTensor is all-gathered on its own,
+    so peak extra memory is one full tensor."""
+    with torch.no_grad():
+        for (name, p), (name_e, p_e) in zip(model.named_parameters(), engine.named_parameters()):
+            assert name == name_e, f"engine parameter order differs: {name} vs {name_e}"
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            p_e.copy_(full.to(p_e.dtype))
+
+
+def rollout(engine, tokenizer, rows: list[dict], cfg: Config, seed: int) -> list[dict]:
+    """group_size completions per row, prompt-major. Each sample: prompt_ids, completion_ids, text,
+    truncated, and rollout_logp (list[float] or None when the backend shares the trainer's weights)."""
+    samples = modeling.generate(engine, tokenizer, [r["prompt"] for r in rows], n=cfg.group_size,
+                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    for s in samples:
+        s.setdefault("rollout_logp", None)
+    return samples
+
+
+# ----------------------------------------------------------------------------- GRPO math
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = True, eps: float = 1e-6):
+    """(r - mean_group) / (std_group + eps); without the division when scale_std is off (Dr.GRPO)."""
+    r = rewards.view(-1, group_size)                        # (P, G)
+    adv = r - r.mean(dim=1, keepdim=True)                   # (P, G)
+    if scale_std:
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)      # (P, G)
+    return adv.reshape(-1)                                  # (P*G,)
+
+
+def token_logprobs(hidden, weight, targets, temperature: float = 1.0):
+    """log pi(target) from final hidden states: (B, T, H), (V, H), (B, T) -> (B, T)."""
+    logits = (hidden @ weight.T).float() / temperature      # (B, T, V)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def k3_kl(logp, ref_logp):
+    """Schulman's k3 estimator of KL(pi || pi_ref) per token: e^(ref - logp) - (ref - logp) - 1."""
+    d = ref_logp - logp                                     # (B, T)
+    return torch.exp(d) - d - 1
+
+
+def masked_reduce(x, mask, norm: str, max_tokens: int):
+    """The numerator of the loss; the caller divides by the batch-wide count that `norm` names
+    (tokens for "token", sequences for "sequence" and "constant"), so micro-batches and ranks add up."""
+    if norm == "token":
+        return (x * mask).sum()
+    if norm == "sequence":
+        return ((x * mask).sum(1) / mask.sum(1).clamp(min=1)).sum()
+    return (x * mask).sum() / max_tokens                    # constant (Dr.GRPO)
+
+
+def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
+                      ref_logp=None, is_weight=None):
+    """Clipped surrogate (+ optional k3 KL), plain torch. Shapes: hidden (B, T, H), weight (V, H),
+    targets/mask (B, T), adv (B,) per sequence or (B, T) per token, old_logp/ref_logp/is_weight (B, T).
+    old_logp=None means on-policy: the ratio is exactly 1 but its gradient is not.
+    Returns (loss numerator, stats numerators: clipped tokens, entropy, kl)."""
+    logits = (hidden @ weight.T).float() / cfg.temperature                # (B, T, V)
+    logp_all = torch.log_softmax(logits, dim=-1)                          # (B, T, V)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (B, T)
+    old_logp = logp.detach() if old_logp is None else old_logp
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv                     # (B, 1) or (B, T)
+    ratio = torch.exp(logp - old_logp)                                    # (B, T)
+    clipped = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    per_tok = -torch.min(ratio * adv, clipped * adv)                      # (B, T)
+    if is_weight is not None:   # truncated importance sampling for the rollout/trainer mismatch
+        per_tok = per_tok * is_weight
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    per_tok = per_tok + cfg.kl_coef * kl
+    with torch.no_grad():
+        was_clipped = ((ratio < 1 - cfg.clip_low) & (adv < 0)) | ((ratio > 1 + cfg.clip_high) & (adv > 0))
+        entropy = -(logp_all.exp() * logp_all).sum(-1)                    # (B, T)
+        stats = {"clip_frac": (was_clipped * mask).sum(), "entropy": (entropy * mask).sum(),
+                 "kl": (kl.detach() * mask).sum()}
+    return masked_reduce(per_tok, mask, cfg.loss_norm, cfg.max_new_tokens), stats
+
+
+def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
+                      ref_logp=None, is_weight=None):
+    """The same loss through Liger's fused linear GRPO loss (chunked: never holds (B, T, V) logits).
+    Liger normalises inside; we multiply its normaliser back so both return the same numerator.
+    Per-token advantages are not supported by Liger (it takes adv of shape (B,))."""
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # tested with liger-kernel 0.8.5
+    loss_type = {"token": "bnpo", "sequence": "grpo", "constant": "dr_grpo"}[cfg.loss_norm]
+    fn = LigerFusedLinearGRPOLoss(beta=cfg.kl_coef, compiled=hidden.is_cuda, use_ref_model=ref_logp is not None,
+                                  epsilon_low=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=loss_type,
+                                  max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature)
+    loss, metrics = fn(hidden, weight, targets, mask, adv, ref_per_token_logps=ref_logp,
+                       old_per_token_logps=old_logp, vllm_is_ratio=is_weight)
+    n_tok = mask.sum().clamp(min=1)
+    local_norm = n_tok if cfg.loss_norm == "token" else torch.tensor(float(mask.shape[0]))
+    clip = metrics[-1] * n_tok  # Liger reports fractions of the tokens it saw
+    kl = metrics[0] * n_tok if ref_logp is not None else torch.zeros(())
+    return loss * local_norm, {"clip_frac": clip.detach(), "entropy": torch.zeros(()), "kl": kl.detach()}
+
+
+# ----------------------------------------------------------------------------- batching
+
+def pack(samples: list[dict], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-padded prompt+completion ids and the loss mask over targets, built from the lengths
+    (so the EOS that ends a completion gets its gradient, and padding never does).
+    Returns ids (B, L), attn (B, L), targets (B, L-1), mask (B, L-1)."""
+    L = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
+    ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), L), dtype=torch.long)
+    mask = torch.zeros((len(samples), L - 1))
+    for i, s in enumerate(samples):
+        p, c = len(s["prompt_ids"]), len(s["completion_ids"])
+        ids[i, : p + c] = torch.tensor(s["prompt_ids"] + s["completion_ids"])
+        attn[i, : p + c] = 1
+        mask[i, p - 1 : p - 1 + c] = 1.0   # position t predicts token t+1
+    return ids.to(device), attn.to(device), ids[:, 1:].to(device), mask.to(device)
+
+
+def final_hidden(model, ids, attn):
+    """Last hidden states (after the final norm) and the output projection weight.
+    logits_to_keep=1 skips the full logits inside HF; the loss computes them (or Liger chunks them)."""
+    out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1][:, :-1], model.lm_head.weight
+
+
+def per_token(values: list[float] | None, length: int, offset: int, L: int) -> list[float]:
+    row = [0.0] * L
+    if values is not None:
+        row[offset: offset + length] = values[:length]
+    return row
+
+
+def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id: int, device,
+             denom: float, n_micro: int, ref_model=None, old_logps: list | None = None) -> dict:
+    """Forward/backward over samples in n_micro micro-batches (every rank runs the same count, padding
+    with zero-weight passes, since FSDP's collectives must match); gradients accumulate.
+    Returns this rank's share of the loss, and stats numerators with the token count they divide by."""
+    loss_fn = policy_loss_liger if cfg.liger else policy_loss_torch
+    totals = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "tokens": 0.0}
+    size = max(1, math.ceil(len(samples) / n_micro))
+    for m in range(n_micro):
+        chunk = samples[m * size: (m + 1) * size]
+        weight_scale = 1.0
+        if not chunk:  # an empty pass that keeps collectives in step; contributes zero gradient
+            chunk, weight_scale = samples[:1] or [_dummy_sample(pad_id)], 0.0
+        ids, attn, targets, mask = pack(chunk, pad_id, device)
+        a = adv[m * size: m * size + len(chunk)].to(device) if weight_scale else torch.zeros(len(chunk), device=device)
+        if cfg.overlong_mask:
+            mask = mask * torch.tensor([0.0 if s.get("truncated") else 1.0 for s in chunk], device=device)[:, None]
+        old = None
+        if old_logps is not None and weight_scale:
+            old = old_logps[m * size: m * size + len(chunk)]
+            old = torch.stack([torch.nn.functional.pad(o, (0, mask.shape[1] - o.shape[0])) for o in old])
+        ref_logp = None
+        if ref_model is not None:
+            with torch.no_grad():
+                h_ref, w_ref = final_hidden(ref_model, ids, attn)
+                ref_logp = token_logprobs(h_ref, w_ref, targets, cfg.temperature)
+        hidden, weight = final_hidden(model, ids, attn)
+        is_w = None
+        if cfg.tis_cap > 0 and chunk[0].get("rollout_logp") is not None:
+            # truncated importance weight min(pi_trainer / pi_rollout, cap), from the pre-update log-probs
+            r_logp = torch.tensor([per_token(s["rollout_logp"], len(s["completion_ids"]), len(s["prompt_ids"]) - 1,
+                                             mask.shape[1]) for s in chunk], device=device)
+            with torch.no_grad():
+                cur = old if old is not None else token_logprobs(hidden, weight, targets, cfg.temperature)
+            is_w = torch.exp(cur - r_logp).clamp(max=cfg.tis_cap) * mask
+        loss, stats = loss_fn(hidden, weight, targets, mask, a, old, cfg, ref_logp=ref_logp, is_weight=is_w)
+        # FSDP averages gradients over ranks; multiplying by world size turns that into the sum the
+        # batch-wide denominator expects, so N ranks give the single-process gradient.
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        (loss * weight_scale * world / denom).backward()
+        totals["loss"] += float(loss.detach()) * weight_scale / denom
+        totals["tokens"] += float(mask.sum()) * weight_scale
+        for k, v in stats.items():
+            totals[k] += float(v) * weight_scale
+    return totals
+
+
+def _dummy_sample(pad_id: int) -> dict:
+    return {"prompt_ids": [pad_id], "completion_ids": [pad_id], "truncated": False, "rollout_logp": None}
+
+
+def loss_denominator(samples: list[dict], cfg: Config, device) -> float:
+    """Batch-wide count the loss numerator is divided by, summed over ranks."""
+    if cfg.loss_norm == "token":
+        n = sum(len(s["completion_ids"]) for s in samples if not (cfg.overlong_mask and s.get("truncated")))
+    else:
+        n = len(samples)
+    return max(1.0, float(all_sum(torch.tensor([float(n)], device=device)).item()))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    ckpts = sorted(d for d in os.listdir(os.path.join(run_dir, "checkpoints"))
+                   if d.startswith("step_")) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
+    return os.path.join(run_dir, "checkpoints", ckpts[-1]) if ckpts else None
+
+
+def full_state(model, optimizer):
+    """Full (unsharded) model and optimizer state dicts on rank 0, gathered tensor by tensor to CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, \
+        get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def save_checkpoint(run_dir: str, step: int, model, optimizer, tokenizer, template, state: dict, rank: int,
+                    keep: int) -> None:
+    """checkpoints/step_N/ (HF model + trainer_state.pt), then the HF files copied to run_dir's top.
+    Written to a temp dir and renamed, so a run killed mid-save keeps its previous checkpoint intact."""
+    model_sd, optim_sd = full_state(model, optimizer)   # collective: every rank takes part
+    if rank != 0:
+        return
+    with torch.device("cpu"):
+        template.load_state_dict(model_sd)
+    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
+    modeling.save_pretrained(template, tokenizer, ckpt)
+    tmp = os.path.join(ckpt, "trainer_state.pt.tmp")
+    torch.save({"optimizer": optim_sd, **state}, tmp)
+    os.replace(tmp, os.path.join(ckpt, "trainer_state.pt"))
+    for name in os.listdir(ckpt):  # the newest model also lives at the run's top, for merge/analyze
+        if name != "trainer_state.pt":
+            shutil.copyfile(os.path.join(ckpt, name), os.path.join(run_dir, name + ".tmp"))
+            os.replace(os.path.join(run_dir, name + ".tmp"), os.path.join(run_dir, name))
+    old = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep]
+    for d in old:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints", d), ignore_errors=True)
+
+
+def load_optimizer(model, optimizer, path: str | None) -> None:
+    """Rank 0 reads the full optimizer state; it is broadcast and sharded like the model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    sd = torch.load(path, map_location="cpu", weights_only=False)["optimizer"] if path else {}
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized())
+    set_optimizer_state_dict(model, optimizer, sd, options=opts)
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Drop log lines past the checkpoint a resumed run restarts from."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(cfg: Config) -> None:
+    # --- dist init: torchrun sets RANK/WORLD_SIZE; a plain `python train.py` is one unsharded process
+    distributed = "RANK" in os.environ
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:  # one process per core: without this every rank starts all cores' worth of threads
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+    print0 = print if master else (lambda *a, **k: None)
+    if cfg.prompts_per_step % world:
+        raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of {world} processes")
+    if cfg.liger and device.type != "cuda":
+        print0("note: --liger runs on CPU without torch.compile (slow); it is meant for GPUs")
+
+    # --- data: fails before any model work on a bad path, a bad row or an unknown domain
+    rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed)
+    pools = {d: [r for r in rows if r["domain"] == d] for d in cfg.domains}
+    empty = [d for d, p in pools.items() if not p]
+    if empty:
+        raise SystemExit(f"{cfg.data}: no training rows for domain(s) {', '.join(empty)}")
+    weights = mix_weights(cfg.mix, cfg.domains)
+
+    # --- model: resume from the last checkpoint or start from cfg.model
+    run_dir = os.path.join(cfg.out_dir, cfg.run_name)
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False) \
+        if ckpt else {"step": 0, "elapsed_s": 0.0, "device_s": 0.0}
+    tokenizer = modeling.load_tokenizer(ckpt or cfg.model)
+    torch.manual_seed(cfg.seed)
+    policy = modeling.load_model(ckpt or cfg.model)
+    template = copy.deepcopy(policy) if master else None   # unsharded CPU copy used to write HF checkpoints
+    engine = copy.deepcopy(policy).to(device).eval()        # rollout engine (HF backend)
+    if device.type == "cuda":
+        engine.to(torch.bfloat16)
+    ref_model = None
+    if cfg.kl_coef > 0:  # the reference is always the starting model, also after a resume
+        ref_model = modeling.load_model(cfg.model).to(device).eval().requires_grad_(False)
+    policy.to(device).train()
+    if distributed:
+        policy = shard(policy, device)
+        if ref_model is not None:
+            ref_model = shard(ref_model, device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay)
+    if ckpt:
+        load_optimizer(policy, optimizer, os.path.join(ckpt, "trainer_state.pt") if master or not distributed else None)
+    start = state["step"]
+
+    # --- outputs
+    tracker = None
+    if master:
+        os.makedirs(run_dir, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            if ckpt:
+                truncate_jsonl(os.path.join(run_dir, name), start)
+            elif os.path.exists(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
+        print0(json.dumps({"config": asdict(cfg), "world_size": world, "device": device.type}))
+        if cfg.tracker == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            tracker = SummaryWriter(os.path.join(run_dir, "tb"))
+        elif cfg.tracker == "wandb":
+            import wandb
+            tracker = wandb.init(project="m2rl", name=cfg.run_name, config=asdict(cfg))
+    if cfg.steps == 0 or start == 0:
+        # step 0 is the starting model: the common base that merge.py and analyze.py compare against
+        save_checkpoint(run_dir, 0, policy, optimizer, tokenizer, template, state, rank, cfg.keep_checkpoints)
+    if cfg.steps == 0:
+        return _finish(run_dir, cfg, state, world, device, master, time.time())
+
+    from tqdm import tqdm
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not master, desc=cfg.run_name)
+    t_run, bad_steps = time.time(), 0
+    for step in bar:
+        t0 = time.time()
+        # --- rollout: every rank takes its slice of the step's prompts; a prompt's group stays on one rank
+        batch = batch_for_step(pools, weights, step, cfg.prompts_per_step, cfg.seed)[rank::world]
+        sync_weights(policy, engine)
+        t1 = time.time()
+        samples = rollout(engine, tokenizer, batch, cfg, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
+        t2 = time.time()
+
+        # --- reward: binary verifier score; the only shaping is the optional overlong penalty
+        srows = [r for r in batch for _ in range(cfg.group_size)]
+        results = verify_batch([s["text"] for s in samples], srows, think=cfg.think, workers=cfg.reward_workers)
+        score = torch.tensor([x["reward"] for x in results])
+        truncated = torch.tensor([float(s["truncated"]) for s in samples])
+        reward = score - cfg.overlong_penalty * truncated
+        adv = group_advantages(reward, cfg.group_size, cfg.scale_std)
+        t3 = time.time()
+
+        # --- loss and update
+        zero_var = reward.view(-1, cfg.group_size).std(dim=1) == 0          # (P,)
+        keep = ~zero_var.repeat_interleave(cfg.group_size) if cfg.filter_zero_var else torch.ones(len(samples), dtype=torch.bool)
+        train_samples = [s for s, k in zip(samples, keep) if k]
+        train_adv = adv[keep]
+        parts = max(1, cfg.minibatches)
+        per_part = math.ceil(len(train_samples) / parts) if train_samples else 0
+        old_logps = None
+        if cfg.minibatches > 1 and train_samples:  # log-probs before any update, for the clip ratio
+            old_logps = _logps(policy, train_samples, cfg, tokenizer.pad_token_id, device)
+        totals = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "tokens": 0.0}
+        grad_norms, skipped = [], False
+        for part in range(parts):
+            sub = train_samples[part * per_part: (part + 1) * per_part]
+            denom = loss_denominator(sub, cfg, device)
+            n_micro = all_max(max(1, math.ceil(len(sub) / cfg.micro_batch)), device)
+            sub_old = old_logps[part * per_part: (part + 1) * per_part] if old_logps is not None else None
+            out = train_on(policy, sub, train_adv[part * per_part: (part + 1) * per_part], cfg,
+                           tokenizer.pad_token_id, device, denom, n_micro, ref_model, sub_old)
+            for k in totals:
+                totals[k] += out[k]
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            grad_norms.append(norm)
+            if not math.isfinite(norm):   # same decision on every rank: the norm is global
+                optimizer.zero_grad(set_to_none=True)
+                skipped = True
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        bad_steps = bad_steps + 1 if skipped else 0
+        t4 = time.time()
+
+        # --- metrics, summed over ranks
+        lengths = torch.tensor([float(len(s["completion_ids"])) for s in samples])
+        sums = {"n": torch.ones(len(samples)), "reward": reward, "acc": (score >= 1).float(), "len": lengths,
+                "truncated": truncated}
+        vec = [float(len(samples)), float(zero_var.sum()), float(len(zero_var)),
+               sum(x["error"] is not None for x in results), float(lengths.sum())]
+        for d in cfg.domains:
+            sel = torch.tensor([r["domain"] == d for r in srows], dtype=torch.bool)
+            vec += [float(v[sel].sum()) for v in sums.values()]
+        tot = all_sum(torch.tensor(vec, dtype=torch.float64, device=device)).cpu().tolist()
+        comp = all_sum(torch.tensor([totals[k] for k in ("loss", "clip_frac", "entropy", "kl", "tokens")],
+                                    dtype=torch.float64, device=device)).cpu().tolist()
+        n_all, n_zero, n_groups, n_err, n_tok = tot[:5]
+        state.update(step=step + 1, elapsed_s=state["elapsed_s"] + (t4 - t0),
+                     device_s=state["device_s"] + (t4 - t0) * world)
+        metrics = {"step": step + 1, "time": round(state["elapsed_s"], 3)}
+        per = {}
+        for i, d in enumerate(cfg.domains):
+            n_d, r_d, a_d, l_d, tr_d = tot[5 + 5 * i: 10 + 5 * i]
+            if n_d:
+                per.update({f"reward/{d}": r_d / n_d, f"acc/{d}": a_d / n_d, f"len/{d}": l_d / n_d})
+        metrics["reward"] = sum(tot[6 + 5 * i] for i in range(len(cfg.domains))) / max(n_all, 1)
+        metrics.update(per)
+        trained_tokens = max(comp[4], 1)
+        metrics.update({
+            "truncated": sum(tot[9 + 5 * i] for i in range(len(cfg.domains))) / max(n_all, 1),
+            "zero_var_frac": n_zero / max(n_groups, 1), "reward_errors": n_err,
+            "loss": comp[0], "clip_frac": comp[1] / trained_tokens, "entropy": comp[2] / trained_tokens,
+            "kl": comp[3] / trained_tokens, "grad_norm": float(np.mean(grad_norms)), "skipped": skipped,
+            "time/sync": t1 - t0, "time/rollout": t2 - t1, "time/reward": t3 - t2, "time/train": t4 - t3,
+            "tokens_per_s": n_tok / max(t4 - t0, 1e-9)})
+        if master:
+            with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            with open(os.path.join(run_dir, "samples.jsonl"), "a") as f:
+                for s, r, x in list(zip(samples, srows, results))[: cfg.log_samples]:
+                    f.write(json.dumps({"step": step + 1, "domain": r["domain"], "id": r["id"],
+                                        "prompt": r["prompt"][-1]["content"], "completion": s["text"],
+                                        "reward": x["reward"], "error": x["error"]}) + "\n")
+            if tracker is not None:
+                if cfg.tracker == "wandb":
+                    tracker.log(metrics, step=step + 1)
+                else:
+                    for k, v in metrics.items():
+                        tracker.add_scalar(k, float(v), step + 1)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", **{d: f"{per.get(f'reward/{d}', 0):.2f}" for d in cfg.domains})
+        if bad_steps >= cfg.max_bad_steps:
+            raise SystemExit(f"step {step + 1}: {bad_steps} steps in a row had a non-finite loss or gradient; "
+                             f"stopping (lower --lr, check the data, or resume from {latest_checkpoint(run_dir)})")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(run_dir, step + 1, policy, optimizer, tokenizer, template, state, rank,
+                            cfg.keep_checkpoints)
+    _finish(run_dir, cfg, state, world, device, master, t_run)
+
+
+def _logps(model, samples, cfg: Config, pad_id: int, device) -> list[torch.Tensor]:
+    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(samples), cfg.micro_batch):
+            chunk = samples[i: i + cfg.micro_batch]
+            ids, attn, targets, _ = pack(chunk, pad_id, device)
+            hidden, weight = final_hidden(model, ids, attn)
+            lp = token_logprobs(hidden, weight, targets, cfg.temperature)
+            out += [lp[j, : len(s["prompt_ids"]) + len(s["completion_ids"]) - 1] for j, s in enumerate(chunk)]
+    return out
+
+
+def _finish(run_dir, cfg, state, world, device, master, t_run):
+    """run.json: the cost of this run, so mixed vs separate+merge can be compared from the runs."""
+    if master:
+        info = {"config": asdict(cfg), "steps_done": state["step"], "wall_s": state["elapsed_s"],
+                "world_size": world, "device": device.type,
+                "device_hours": state["device_s"] / 3600,
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+        with open(os.path.join(run_dir, "run.json.tmp"), "w") as f:
+            json.dump(info, f, indent=1)
+        os.replace(os.path.join(run_dir, "run.json.tmp"), os.path.join(run_dir, "run.json"))
+        print(f"done: {run_dir} ({state['step']} steps, {state['elapsed_s']:.1f} s)")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(cli(sys.argv[1:]))
