@@ -1,0 +1,42 @@
+"""Verifiable rewards for the four domains: one pure function per domain, looked up by row["domain"].
+
+    from verifiers import VERIFIERS, verify_batch
+    reward = VERIFIERS[row["domain"]](completion, row)             # float in [0, 1]
+    results = verify_batch(completions, rows, workers=4)           # [{"reward", "error", ...}, ...]
+
+    python bench/verifiers.py                                      # checks/s per domain
+
+Each `verify(completion, row, *, think=True) -> float` returns 0.0 or 1.0, never raises and prints
+nothing. think=True (the default, for reasoning models) requires a `<think>` block to be closed and
+grades only the text after the last `</think>`; pass think=False to grade the whole completion.
+SCORERS holds the same domains' `score` functions, which return the reward together with the reason
+for a 0 ("error") and domain extras (code and if: "passed"/"total"); verify_batch uses them.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from verifiers import code, ifeval, math, science
+
+VERIFIERS = {"math": math.verify, "code": code.verify, "science": science.verify, "if": ifeval.verify}
+
+SCORERS = {"math": math.score, "code": code.score, "science": science.score, "if": ifeval.score}
+
+
+def verify_batch(completions: list[str], rows: list[dict], *, think: bool = True, workers: int = 4) -> list[dict]:
+    """Score completions[i] against rows[i] on a pool of `workers` threads, results in input order.
+
+    Each result is {"reward": float, "error": str | None, ...domain extras}; error is None when the
+    answer was graded (right or wrong) and names the problem otherwise (no answer found, timeout,
+    unclosed <think>, malformed row). Threads suffice: code tests and math-verify run in child
+    processes, so `workers` bounds how many of those run at once; the other domains take
+    microseconds to milliseconds per check. Raises ValueError before any work if the lists differ
+    in length or a row's domain is not in VERIFIERS.
+    """
+    if len(completions) != len(rows):
+        raise ValueError(f"{len(completions)} completions for {len(rows)} rows")
+    for i, row in enumerate(rows):
+        if row.get("domain") not in SCORERS:
+            raise ValueError(f"rows[{i}] (id {row.get('id')!r}): domain {row.get('domain')!r} is not one of "
+                             f"{sorted(SCORERS)}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda c, r: SCORERS[r["domain"]](c, r, think=think), completions, rows))

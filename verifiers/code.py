@@ -1,0 +1,344 @@
+"""Code verifier: run the completion's Python program against row["tests"] in a sandbox.
+
+    from verifiers import code
+    row = {"tests": {"kind": "stdio", "inputs": ["2 3\\n"], "outputs": ["5\\n"]}}
+    code.verify("```python\\na, b = map(int, input().split())\\nprint(a + b)\\n```", row)   # 1.0
+
+The program is the last ```python fenced block of the graded text (else the last ``` block, else the
+whole text). Test kinds (row["tests"]["kind"]):
+  "stdio"   one run per input; stdout must equal the expected output after stripping trailing
+            whitespace on each line and trailing blank lines, and the exit status must be 0.
+  "assert"  HumanEval style: one run of program + tests["code"] + "check(<entry_point>)".
+Reward 1.0 only if every test passes; `score` also reports "passed" and "total". After the first test
+that is killed (time, memory, output size) the remaining stdio tests are counted failed without
+running, so a program stuck in a loop costs one timeout, not one per test.
+
+Sandbox (one fresh process per test run, see `run_sandboxed`):
+  * always: a new session whose whole process group is SIGKILLed at the wall-clock timeout; rlimits
+    on CPU seconds, address space (memory), file size (which also caps the captured stdout: stdout
+    goes to a file), open files and, where the kernel enforces it, processes; a minimal environment;
+    python -I -S (no site-packages, no PYTHON* variables, no user site); a fresh temporary directory,
+    removed afterwards.
+  * with bubblewrap (`bwrap` on PATH and working; checked once): new pid, network, ipc, uts and cgroup
+    namespaces, so there is no network at all (not even loopback to the host) and every process the
+    program starts dies with the sandbox. The filesystem is a fresh root holding only read-only /usr,
+    /lib* and the Python installation, a private /proc and /dev, and size-capped tmpfs at /tmp and at
+    the working directory /sandbox; the project, /root, /home, /work and the host's /tmp do not exist.
+    When the verifier runs as root (as in CI), the program drops to its own unprivileged uid before it
+    starts (one uid per concurrent run), so RLIMIT_NPROC binds (root is exempt from it), it cannot
+    signal the verifier or any other run, and it has no capabilities.
+  * without bubblewrap (fallback, weaker): the same rlimits, environment and temporary directory as
+    working directory, plus a Python audit hook installed before the program runs that refuses
+    sockets, fork/exec/subprocess, kill, ctypes, and opening or changing files outside the working
+    directory (reading the Python installation, /usr and /lib is allowed). The hook is a guard, not a
+    boundary: it does not stop a program that gets at native code some other way, and the program
+    runs with the verifier's uid, so RLIMIT_NPROC does not bind for root. Install bubblewrap
+    (`apt-get install bubblewrap`) for real isolation.
+
+Assert-kind results cannot be faked by exiting early (sys.exit(0), os._exit(0), ...): the run passes
+only if the harness, after check() returns, prints a random per-run token that it read from stdin
+(then replaced stdin with /dev/null). A program that walks the interpreter's frames to find the token
+could still forge a pass, and one whose results compare equal to anything (an object with __eq__
+always True) passes asserts written with ==, as in HumanEval's own harness.
+"""
+
+import functools
+import os
+import queue
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from verifiers.common import UNCLOSED_THINK, result, strip_think
+
+# --- program extraction ----------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_program(text: str) -> str:
+    """The last ```python (or ```py / ```python3) block, else the last ``` block, else the whole text.
+
+    A block left open at the end (a truncated completion) runs to the end of the text.
+    """
+    blocks = _FENCE.findall(text)
+    python_blocks = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
+    if python_blocks:
+        return python_blocks[-1]
+    return blocks[-1][1] if blocks else text
+
+
+# --- the sandbox -----------------------------------------------------------------------------------
+
+# Runs inside the sandbox as the program's __main__ wrapper: python -I -S -c _HARNESS <args>.
+# Order matters: limits first (raising them needs root), read the program and the token, drop root,
+# install the fallback guard, then run the program. Arguments: mode ("stdio" | "marker"), uid to
+# drop to (-1: keep), cpu seconds, memory bytes, file-size bytes, processes, guard roots ("" = none).
+_HARNESS = r"""
+import os, resource, sys
+def _main():
+    mode, uid, cpu_s, memory, fsize, nproc, guard = sys.argv[1:8]
+    uid, cpu_s, memory, fsize, nproc = int(uid), int(cpu_s), int(memory), int(fsize), int(nproc)
+    for limit, value in ((resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)), (resource.RLIMIT_AS, (memory, memory)),
+                         (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NPROC, (nproc, nproc)),
+                         (resource.RLIMIT_NOFILE, (64, 64)), (resource.RLIMIT_CORE, (0, 0))):
+        resource.setrlimit(limit, value)
+    with open("prog.py", encoding="utf-8") as f:
+        code = compile(f.read(), "prog.py", "exec")
+    token = None
+    if mode == "marker":
+        token = sys.stdin.buffer.read()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    if uid >= 0 and os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    if guard:
+        _install_guard(guard.split(os.pathsep), os.getcwd())
+    sys.argv = ["prog.py"]
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    if token is not None:
+        sys.stdout.flush()
+        os.write(1, b"\n" + token + b"\n")
+
+def _install_guard(read_roots, workdir):
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    blocked_prefixes = ("socket.", "subprocess.", "ctypes.", "os.exec", "os.spawn", "os.posix_spawn",
+                        "os.fork", "os.forkpty", "os.kill", "os.killpg", "signal.pthread_kill", "os.system",
+                        "pty.", "winreg.", "_posixsubprocess.")
+    path_events = {"os.remove": True, "os.rename": True, "os.rmdir": True, "os.mkdir": True,
+                   "os.chmod": True, "os.chown": True, "os.symlink": True, "os.link": True,
+                   "os.truncate": True, "os.utime": True, "os.listdir": False, "os.scandir": False,
+                   "os.chdir": False}
+    def inside(path, roots):
+        if isinstance(path, int):
+            return True  # an already-open descriptor: the open itself was checked
+        path = os.path.realpath(os.fsdecode(path))
+        return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+    def hook(event, args):
+        if event.startswith(blocked_prefixes) or (event == "import" and args[0] in ("ctypes", "_ctypes", "_posixsubprocess")):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "open" and args[0] is not None:
+            writing = (args[2] or 0) & write_flags or any(c in (args[1] or "") for c in "wax+")
+            if not inside(args[0], [workdir, os.devnull] if writing else read_roots + [workdir, os.devnull, "/dev/urandom"]):
+                raise PermissionError(f"sandbox: opening {args[0]!r} is not allowed")
+        elif event in path_events and args and args[0] is not None:
+            paths = [args[0], args[1]] if event in ("os.rename", "os.symlink", "os.link") else [args[0]]
+            roots = [workdir] if path_events[event] else read_roots + [workdir]
+            if not all(inside(p, roots) for p in paths if isinstance(p, (str, bytes, os.PathLike))):
+                raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
+    sys.addaudithook(hook)
+
+_main()
+"""
+
+SANDBOX_UID_BASE = 1_000_000_000  # + pid * 256 + slot: unused by real accounts, below 2**31
+_MAX_SLOTS = 256  # concurrent sandboxes per verifier process
+_free_slots: "queue.Queue[int]" = queue.Queue()
+for _slot in range(_MAX_SLOTS):
+    _free_slots.put(_slot)
+
+
+def sandbox_uids() -> range:
+    """The uids this process's sandboxed programs run as when the verifier is root (one per slot)."""
+    base = SANDBOX_UID_BASE + (os.getpid() % (1 << 22)) * _MAX_SLOTS  # pid_max is at most 2**22
+    return range(base, base + _MAX_SLOTS)
+
+
+def _python_roots() -> list[str]:
+    """Directories holding the Python installation the sandboxed program runs with."""
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    return sorted(r for r in roots if r != "/")
+
+
+def _bwrap_argv(workdir: str, disk_bytes: int) -> list[str]:
+    """bwrap options: fresh namespaces and a root with only the system, Python and a private workdir."""
+    argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+            "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/sandbox", "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    made = set()
+    for root in _python_roots():
+        if root == "/usr" or root.startswith("/usr/"):
+            continue
+        parts = root.strip("/").split("/")
+        for i in range(1, len(parts)):  # bwrap would copy the host's modes (/root is 0700): make them 0755
+            parent = "/" + "/".join(parts[:i])
+            if parent not in made:
+                made.add(parent)
+                argv += ["--perms", "0755", "--dir", parent]
+        argv += ["--ro-bind", root, root]
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(disk_bytes), "--tmpfs", "/tmp",
+             "--perms", "1777", "--size", str(disk_bytes), "--tmpfs", "/sandbox",
+             "--ro-bind", os.path.join(workdir, "prog.py"), "/sandbox/prog.py", "--chdir", "/sandbox"]
+    return argv
+
+
+@functools.cache
+def bwrap_works() -> bool:
+    """True if `bwrap` is installed and can start a sandbox here (it needs namespaces; checked once)."""
+    if shutil.which("bwrap") is None:
+        return False
+    workdir = tempfile.mkdtemp(prefix="m2rl-sandbox-")
+    try:
+        with open(os.path.join(workdir, "prog.py"), "w") as f:
+            f.write("")
+        argv = _bwrap_argv(workdir, 1 << 20) + [sys.executable, "-I", "-S", "-c", "pass"]
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_sandboxed(source: str, stdin: str = "", *, marker: bool = False, timeout_s: float = 5.0,
+                  memory_mb: int = 1024, max_output_bytes: int = 1 << 20, max_processes: int = 32,
+                  disk_mb: int = 64, use_bwrap: bool | None = None) -> dict:
+    """Run Python `source` as __main__ in a fresh sandbox with `stdin`; see the module docstring.
+
+    Returns {"exit_code": int (negative: killed by that signal), "stdout": str, "stderr": str (last
+    4 kB), "timed_out": bool, "finished": bool | None}. With marker=True, "finished" says whether the
+    program ran to its end (the harness printed the secret token, which is then cut from stdout).
+    use_bwrap: None = bubblewrap when it works, True = require it, False = the rlimit+guard fallback.
+    """
+    if use_bwrap is None:
+        use_bwrap = bwrap_works()
+    elif use_bwrap and not bwrap_works():
+        raise RuntimeError("use_bwrap=True but bubblewrap is not installed or cannot create namespaces")
+    workdir = tempfile.mkdtemp(prefix="m2rl-sandbox-")  # mode 0700: other users cannot look in
+    slot = _free_slots.get()  # blocks only if _MAX_SLOTS runs are already going in this process
+    try:
+        token = secrets.token_hex(16) if marker else None
+        with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8") as f:
+            f.write(source)
+        with open(os.path.join(workdir, "stdin"), "w", encoding="utf-8") as f:
+            f.write(token if marker else stdin)
+        if use_bwrap:
+            argv, cwd, env = _bwrap_argv(workdir, disk_mb << 20), workdir, None
+            uid, guard = sandbox_uids()[slot], ""
+        else:
+            # The working directory holds only prog.py; stdin/stdout/stderr files sit one level up,
+            # outside what the guard lets the program open.
+            cwd = os.path.join(workdir, "work")
+            os.mkdir(cwd)
+            os.rename(os.path.join(workdir, "prog.py"), os.path.join(cwd, "prog.py"))
+            argv, env = [], {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
+            # Without bwrap the host's permissions apply, and an unprivileged uid could not even
+            # read a Python installed under /root; so the program keeps the verifier's uid.
+            uid, guard = -1, os.pathsep.join(_python_roots() + ["/usr", "/lib", "/lib64"])
+        cpu_s = max(1, int(timeout_s + 0.999))
+        argv += [sys.executable, "-I", "-S", "-c", _HARNESS, "marker" if marker else "stdio", str(uid),
+                 str(cpu_s), str(memory_mb << 20), str(max_output_bytes), str(max_processes), guard]
+        paths = {name: os.path.join(workdir, name) for name in ("stdin", "stdout", "stderr")}
+        with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, \
+                open(paths["stderr"], "wb") as ferr:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=fin, stdout=fout, stderr=ferr,
+                                    start_new_session=True)
+            try:
+                exit_code, timed_out = proc.wait(timeout=timeout_s), False
+            except subprocess.TimeoutExpired:
+                # Kill the whole group while its leader is unreaped (so the group id cannot have
+                # been reused). Under bwrap this kills bwrap, and the pid namespace takes every
+                # process of the program with it, also ones that left the group.
+                os.killpg(proc.pid, 9)
+                exit_code, timed_out = proc.wait(), True
+        with open(paths["stdout"], "rb") as f:
+            stdout = f.read(max_output_bytes + 1024).decode("utf-8", errors="replace")
+        with open(paths["stderr"], "rb") as f:
+            f.seek(max(0, os.path.getsize(paths["stderr"]) - 4096))
+            stderr = f.read().decode("utf-8", errors="replace")
+    finally:
+        _free_slots.put(slot)
+        shutil.rmtree(workdir, ignore_errors=True)
+    finished = None
+    if marker:
+        body, _, last = stdout.rstrip("\n").rpartition("\n")
+        finished = last == token and exit_code == 0
+        stdout = body if finished else stdout
+    return {"exit_code": exit_code, "stdout": stdout, "stderr": stderr, "timed_out": timed_out,
+            "finished": finished}
+
+
+# --- the verifier ----------------------------------------------------------------------------------
+
+
+# Exit statuses of a run killed for CPU time or file size (negative: Popen's signal number; 128+n:
+# bwrap reporting its child's death by signal n).
+_KILLED = {-9, -24, -25, 128 + 9, 128 + 24, 128 + 25}
+
+
+def normalize_output(text: str) -> str:
+    """Strip trailing whitespace on each line and trailing blank lines (the stdio comparison rule)."""
+    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
+
+
+def _tests_error(tests) -> str | None:
+    """Why row["tests"] is malformed, or None."""
+    if not isinstance(tests, dict):
+        return "'tests' must be a dict"
+    if tests.get("kind") == "stdio":
+        inputs, outputs = tests.get("inputs"), tests.get("outputs")
+        if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs) \
+                or not inputs or not all(isinstance(s, str) for s in inputs + outputs):
+            return "stdio tests need 'inputs' and 'outputs': equal-length non-empty lists of str"
+        return None
+    if tests.get("kind") == "assert":
+        if not isinstance(tests.get("code"), str) or not isinstance(tests.get("entry_point"), str) \
+                or not tests["entry_point"].isidentifier():
+            return "assert tests need 'code' (str) and 'entry_point' (an identifier)"
+        return None
+    return f"unknown tests kind {tests.get('kind')!r} (expected 'stdio' or 'assert')"
+
+
+def score(completion: str, row: dict, *, think: bool = True, timeout_s: float = 5.0,
+          memory_mb: int = 1024, use_bwrap: bool | None = None) -> dict:
+    """{"reward", "error", "passed", "total"}: reward 1.0 only if every test in row["tests"] passes."""
+    tests = row.get("tests")
+    problem = _tests_error(tests)
+    if problem:
+        return result(0.0, f"row {row.get('id')!r}: {problem}", passed=0, total=0)
+    total = len(tests["inputs"]) if tests["kind"] == "stdio" else 1
+    text = strip_think(completion, think)
+    if text is None:
+        return result(0.0, UNCLOSED_THINK, passed=0, total=total)
+    program = extract_program(text)
+    if not program.strip():
+        return result(0.0, "empty program", passed=0, total=total)
+    try:
+        return _run_tests(program, tests, total, dict(timeout_s=timeout_s, memory_mb=memory_mb, use_bwrap=use_bwrap))
+    except OSError as e:  # the sandbox could not be set up (e.g. out of file descriptors)
+        return result(0.0, f"sandbox failed: {e}", passed=0, total=total)
+
+
+def _run_tests(program: str, tests: dict, total: int, limits: dict) -> dict:
+    if tests["kind"] == "assert":
+        source = f"{program}\n\n{tests['code']}\n\ncheck({tests['entry_point']})\n"
+        run = run_sandboxed(source, marker=True, **limits)
+        error = "timeout" if run["timed_out"] else None
+        return result(float(run["finished"]), error, passed=int(run["finished"]), total=1)
+    passed, error = 0, None
+    for stdin, expected in zip(tests["inputs"], tests["outputs"]):
+        run = run_sandboxed(program, stdin, **limits)
+        passed += run["exit_code"] == 0 and normalize_output(run["stdout"]) == normalize_output(expected)
+        if run["timed_out"] or run["exit_code"] in _KILLED:  # the remaining tests would be killed too
+            error = "timeout" if run["timed_out"] else f"killed (exit status {run['exit_code']})"
+            break
+    return result(float(passed == total), error, passed=passed, total=total)
+
+
+def verify(completion: str, row: dict, *, think: bool = True) -> float:
+    """1.0 if the completion's program passes every test of row["tests"] in the sandbox, else 0.0."""
+    return score(completion, row, think=think)["reward"]
