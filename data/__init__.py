@@ -1,0 +1,23 @@
+"""Training and eval rows for the four domains, in one schema (data/README.md).
+
+    import data
+    rows = data.load("embedded", ["math", "code"], "train", seed=0)      # generated, offline
+    rows = data.load("blend/train.jsonl", ["math", "code"], "train")     # a file: row schema or Nemotron blend
+"""
+
+from data.embedded import embedded, humaneval_rows
+from data.loaders import (CONVERTERS, DOMAINS, convert_aime, convert_gpqa, convert_ifeval, convert_livecodebench,
+                          convert_mmlu_redux, convert_nemotron, detect_format, load_file, read_jsonl, validate_row)
+
+
+def load(spec: str, domains: list[str], split: str, *, seed: int = 0, difficulty: int = 1) -> list[dict]:
+    """Rows of `domains`: spec "embedded" generates them (split and difficulty apply); any other spec is
+    a file path, read whole whatever the split (see data/loaders.py for the formats it recognises)."""
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {', '.join(map(repr, unknown))}; valid domains: {', '.join(DOMAINS)}")
+    if split not in ("train", "eval"):
+        raise ValueError(f"unknown split {split!r}; valid splits: train, eval")
+    if spec == "embedded":
+        return [row for d in domains for row in embedded(d, split, seed=seed, difficulty=difficulty)]
+    return load_file(spec, list(domains), seed=seed)
