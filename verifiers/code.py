@@ -43,11 +43,14 @@ always True) passes asserts written with ==, as in HumanEval's own harness.
 """
 
 import functools
+import json
 import os
 import queue
 import re
 import secrets
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -204,14 +207,58 @@ def bwrap_works() -> bool:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _kill(proc: subprocess.Popen, bwrap_info_fd: int | None) -> None:
+    """Kill a sandbox that ran out of time; return once none of its processes is left.
+
+    Under bwrap, SIGKILL to the sandbox's pid 1 makes the kernel kill every process in its pid
+    namespace, and pid 1 only counts as dead (so bwrap, its parent, only exits) once all of them
+    are gone. Killing bwrap itself would return at once while the program's processes still die.
+    Otherwise, and as a backstop, the whole process group goes, while its leader is unreaped (so the
+    group id cannot have been reused).
+    """
+    if bwrap_info_fd is not None and select.select([bwrap_info_fd], [], [], 0)[0]:
+        try:
+            os.kill(json.loads(os.read(bwrap_info_fd, 1 << 16))["child-pid"], signal.SIGKILL)
+            proc.wait(timeout=10)
+            return
+        except (ValueError, KeyError, ProcessLookupError, subprocess.TimeoutExpired):
+            pass  # bwrap had not started its namespace yet, or it did not exit: kill the group
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _execute(argv: list[str], cwd: str, env: dict | None, files: dict, timeout_s: float,
+             info_fds: tuple[int, int] | None) -> tuple[int, bool]:
+    """Start argv in a new session with the stdin/stdout/stderr files, wait at most timeout_s, kill
+    it if need be. Returns (exit status, timed out). Closes info_fds (bwrap's --info-fd pipe)."""
+    info_read, info_write = info_fds or (None, None)
+    try:
+        with open(files["stdin"], "rb") as fin, open(files["stdout"], "wb") as fout, \
+                open(files["stderr"], "wb") as ferr:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=fin, stdout=fout, stderr=ferr,
+                                    start_new_session=True, pass_fds=() if info_write is None else (info_write,))
+            if info_write is not None:
+                os.close(info_write)  # only bwrap writes to it
+                info_write = None
+            try:
+                return proc.wait(timeout=timeout_s), False
+            except subprocess.TimeoutExpired:
+                _kill(proc, info_read)
+                return proc.wait(), True
+    finally:
+        for fd in (info_read, info_write):
+            if fd is not None:
+                os.close(fd)
+
+
 def run_sandboxed(source: str, stdin: str = "", *, marker: bool = False, timeout_s: float = 5.0,
                   memory_mb: int = 1024, max_output_bytes: int = 1 << 20, max_processes: int = 32,
                   disk_mb: int = 64, use_bwrap: bool | None = None) -> dict:
     """Run Python `source` as __main__ in a fresh sandbox with `stdin`; see the module docstring.
 
-    Returns {"exit_code": int (negative: killed by that signal), "stdout": str, "stderr": str (last
-    4 kB), "timed_out": bool, "finished": bool | None}. With marker=True, "finished" says whether the
-    program ran to its end (the harness printed the secret token, which is then cut from stdout).
+    Returns {"exit_code": int, "stdout": str, "stderr": str (its last 4 kB), "timed_out": bool,
+    "finished": bool | None}. exit_code is negative when Popen saw the process die of that signal,
+    128 + n when bwrap reports its child died of signal n. With marker=True, "finished" says whether
+    the program ran to its end (the harness printed the secret token, which is cut from stdout).
     use_bwrap: None = bubblewrap when it works, True = require it, False = the rlimit+guard fallback.
     """
     if use_bwrap is None:
@@ -222,43 +269,34 @@ def run_sandboxed(source: str, stdin: str = "", *, marker: bool = False, timeout
     slot = _free_slots.get()  # blocks only if _MAX_SLOTS runs are already going in this process
     try:
         token = secrets.token_hex(16) if marker else None
-        with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        with open(os.path.join(workdir, "stdin"), "w", encoding="utf-8") as f:
+        files = {name: os.path.join(workdir, name) for name in ("prog.py", "stdin", "stdout", "stderr")}
+        with open(files["stdin"], "w", encoding="utf-8") as f:
             f.write(token if marker else stdin)
         if use_bwrap:
-            argv, cwd, env = _bwrap_argv(workdir, disk_mb << 20), workdir, None
-            uid, guard = sandbox_uids()[slot], ""
+            with open(files["prog.py"], "w", encoding="utf-8") as f:
+                f.write(source)
+            info_fds = os.pipe()  # bwrap writes the host pid of the sandbox's pid 1 here
+            argv = _bwrap_argv(workdir, disk_mb << 20) + ["--info-fd", str(info_fds[1])]
+            cwd, env, uid, guard = workdir, None, sandbox_uids()[slot], ""
         else:
-            # The working directory holds only prog.py; stdin/stdout/stderr files sit one level up,
-            # outside what the guard lets the program open.
+            # The working directory holds only prog.py; the stdin/stdout/stderr files sit one level
+            # up, outside what the guard lets the program open.
             cwd = os.path.join(workdir, "work")
             os.mkdir(cwd)
-            os.rename(os.path.join(workdir, "prog.py"), os.path.join(cwd, "prog.py"))
-            argv, env = [], {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
+            with open(os.path.join(cwd, "prog.py"), "w", encoding="utf-8") as f:
+                f.write(source)
+            argv, info_fds, env = [], None, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
             # Without bwrap the host's permissions apply, and an unprivileged uid could not even
             # read a Python installed under /root; so the program keeps the verifier's uid.
             uid, guard = -1, os.pathsep.join(_python_roots() + ["/usr", "/lib", "/lib64"])
         cpu_s = max(1, int(timeout_s + 0.999))
         argv += [sys.executable, "-I", "-S", "-c", _HARNESS, "marker" if marker else "stdio", str(uid),
                  str(cpu_s), str(memory_mb << 20), str(max_output_bytes), str(max_processes), guard]
-        paths = {name: os.path.join(workdir, name) for name in ("stdin", "stdout", "stderr")}
-        with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, \
-                open(paths["stderr"], "wb") as ferr:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=fin, stdout=fout, stderr=ferr,
-                                    start_new_session=True)
-            try:
-                exit_code, timed_out = proc.wait(timeout=timeout_s), False
-            except subprocess.TimeoutExpired:
-                # Kill the whole group while its leader is unreaped (so the group id cannot have
-                # been reused). Under bwrap this kills bwrap, and the pid namespace takes every
-                # process of the program with it, also ones that left the group.
-                os.killpg(proc.pid, 9)
-                exit_code, timed_out = proc.wait(), True
-        with open(paths["stdout"], "rb") as f:
+        exit_code, timed_out = _execute(argv, cwd, env, files, timeout_s, info_fds)
+        with open(files["stdout"], "rb") as f:
             stdout = f.read(max_output_bytes + 1024).decode("utf-8", errors="replace")
-        with open(paths["stderr"], "rb") as f:
-            f.seek(max(0, os.path.getsize(paths["stderr"]) - 4096))
+        with open(files["stderr"], "rb") as f:
+            f.seek(max(0, os.path.getsize(files["stderr"]) - 4096))
             stderr = f.read().decode("utf-8", errors="replace")
     finally:
         _free_slots.put(slot)

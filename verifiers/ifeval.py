@@ -45,8 +45,8 @@ def sentences(text: str) -> list[str]:
     found, start = [], 0
     for end in re.finditer(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)", text):
         before = text[start:end.start()].split()
-        last_word = before[-1].lower() if before else ""
-        if end.group().startswith(".") and (last_word in _ABBREVIATIONS or re.fullmatch(r"[a-z]", last_word)):
+        last_word = before[-1] if before else ""
+        if end.group().startswith(".") and (last_word.lower() in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", last_word)):
             continue  # "Dr. Smith", "J. K. Rowling": not a sentence end
         found.append(text[start:end.end()].strip())
         start = end.end()
