@@ -134,7 +134,7 @@ def fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
-def heatmap(ax, values, rows: list[str], cols: list[str], title: str, text=None, cmap="viridis", **kw):
+def heatmap(ax, values, rows: list[str], cols: list[str], title: str, text=None, cmap="viridis", digits=3, **kw):
     """Matrix plot with each cell's value (or text[i][j]) written in it; None/NaN cells are grey."""
     m = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     cm = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
@@ -142,15 +142,24 @@ def heatmap(ax, values, rows: list[str], cols: list[str], title: str, text=None,
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_title(title)
-    lo, hi = im.get_clim()
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            label = text[i][j] if text is not None else fmt(m[i, j])
-            # dark text on the bright end of the colormap, white on the dark end
-            bright = np.isfinite(m[i, j]) and hi > lo and (m[i, j] - lo) / (hi - lo) > 0.6
-            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="black" if bright else "white")
+            label = text[i][j] if text is not None else fmt(m[i, j], digits)
+            # black text on light cells, white on dark ones (perceived luminance of the cell colour)
+            r, g, b, _ = cm(im.norm(m[i, j])) if np.isfinite(m[i, j]) else (0.83, 0.83, 0.83, 1)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return im
+
+
+def label_bars(ax, bars, values, digits: int = 2) -> None:
+    """Write each bar's value inside its base, and "n/a" where the value is undefined (no bar is drawn)."""
+    for bar, v in zip(bars, values):
+        missing = v is None or not math.isfinite(v)
+        ax.annotate("n/a" if missing else f"{v:.{digits}f}", (bar.get_x() + bar.get_width() / 2, 0),
+                    xytext=(0, 3 if missing or v >= 0 else -3), textcoords="offset points", ha="center",
+                    va="bottom" if missing or v >= 0 else "top", fontsize=7, rotation=90)
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
@@ -211,7 +220,7 @@ def summarize_eval(records: list[dict]) -> tuple[dict, dict]:
 
 def eval_tables(table: dict, models: list[str]) -> tuple[str, str]:
     """Markdown and CSV tables, models x benchmarks, like the paper's main table (plus a mean column)."""
-    benches = sorted({b for name in models for b in table.get(name, {})})
+    benches = list(dict.fromkeys(b for name in models for b in table.get(name, {})))  # in the order evaluated
     k = max((v["k"] for name in models for v in table.get(name, {}).values()), default=0)
     md = f"avg@{k} (mean reward over {k} samples per problem):\n\n"
     rows, pass_rows, csv_rows = [], [], []
@@ -283,16 +292,17 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
 
 def plot_eval(result: dict, path: Path) -> None:
     table, models = result["table"], list(result["models"])
-    benches = sorted({b for name in models for b in table.get(name, {})})
+    benches = list(dict.fromkeys(b for name in models for b in table.get(name, {})))  # in the order evaluated
     k = result["config"]["k"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(benches) * max(1, len(models)) / 3), 4))
+    fig, ax = plt.subplots(layout="constrained",
+                           figsize=(max(6, 1.4 * len(benches) * max(1, len(models)) / 3), 4))
     width = 0.8 / max(1, len(models))
     plotted = {"benchmarks": benches, "metric": f"avg@{k}", "values": {}}
     for i, name in enumerate(models):
         vals = [table.get(name, {}).get(b, {}).get("avg@k", np.nan) for b in benches]
         plotted["values"][name] = vals
         bars = ax.bar(np.arange(len(benches)) + (i - (len(models) - 1) / 2) * width, vals, width, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        label_bars(ax, bars, vals)
     ax.set_xticks(range(len(benches)), benches, rotation=20, ha="right")
     ax.set_ylabel(f"avg@{k} (mean reward)")
     ax.set_xlabel("benchmark")
@@ -374,7 +384,7 @@ PROJ_METHOD = ("count sketch: position p of tensor t goes to bucket h(p) with si
                "generator seeded by (seed, t, chunk offset); projected vector y[b] = sum_{h(p)=b} s(p) x[p]")
 MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
                 "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
-                "embed_tokens": "embed", "lm_head": "lm_head"}
+                "embed_tokens": "embed", "lm_head": "lm_head"}  # in the order tables and plots show them
 GROUPS = {"attention": ("q", "k", "v", "o"), "ffn": ("gate", "up", "down")}  # the paper's Figure 3 groups
 
 
@@ -536,7 +546,8 @@ def compare_weights(base: str, models: dict[str, str], *, rel_tol: float = 1e-3,
                 S[("inter_rand", i, j, thr, typ)] += a * b / numel
                 S[("union_rand", i, j, thr, typ)] += a + b - a * b / numel
 
-    types = sorted({module_type(n) for n in shapes})
+    present = {module_type(n) for n in shapes}
+    types = [t for t in (*MODULE_TYPES.values(), "norm", "other") if t in present]
     scopes = {t: [t] for t in types}
     scopes |= {g: [t for t in members if t in types] for g, members in GROUPS.items() if set(members) & set(types)}
     scopes["all"] = types
@@ -600,28 +611,26 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
     the random-mask expectation), weights_cosine (attention / FFN / all, exact vs projected)."""
     names, paths = list(res["models"]), []
     scopes = [s for s in res["scopes"]]
-    # sparsity per module type, both thresholds
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.1 * len(scopes) * 2), 4), sharey=True)
-    width = 0.8 / max(1, len(names))
-    for ax, thr in zip(axes, THRESHOLDS):
-        for i, name in enumerate(names):
-            vals = [res["sparsity"][name][thr][s] for s in scopes]
-            bars = ax.bar(np.arange(len(scopes)) + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
-            ax.bar_label(bars, fmt="%.2f", fontsize=6)
-        ax.set_xticks(range(len(scopes)), scopes, rotation=30, ha="right")
-        ax.set_xlabel("module type")
-        ax.set_title({"exact": "Update sparsity, exact (w1 == w0)",
-                      "rel": f"Update sparsity, relative (|dw| <= {res['rel_tol']:g} max|w|)"}[thr])
-        ax.set_ylim(0, 1.08)
-    axes[0].set_ylabel("fraction of parameters unchanged")
-    axes[0].legend(fontsize=8)
+    # sparsity per module type, both thresholds: models x module types
+    fig, axes = plt.subplots(2, 1, layout="constrained",
+                             figsize=(max(7, 0.9 * len(scopes) + 3), 1.1 * len(names) + 4))
+    for ax, thr in zip(axes, ("rel", "exact")):
+        heatmap(ax, [[res["sparsity"][n][thr][s] for s in scopes] for n in names], names, scopes,
+                {"exact": "exact threshold: unchanged when w1 == w0",
+                 "rel": f"relative threshold: unchanged when |w1 - w0| <= {res['rel_tol']:g} max(|w1|, |w0|)"}[thr],
+                digits=4)  # colours span the values seen: sparsities of RL updates sit close together
+        ax.set_xlabel("module type (attention = q,k,v,o; ffn = gate,up,down; all = every parameter)")
+        ax.set_ylabel("model")
+    fig.suptitle("Update sparsity: fraction of parameters unchanged from the base")
     paths.append(out / "weights_sparsity.png")
     save_plot(fig, paths[-1], {"scopes": scopes, "sparsity": res["sparsity"]})
     # sparsity per layer
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in names:
+    fig, ax = plt.subplots(layout="constrained", figsize=(7, 4))
+    for c, name in enumerate(names):
         for thr, style in (("rel", "-o"), ("exact", ":x")):
-            ax.plot(res["layers"]["index"], res["layers"][name][thr], style, label=f"{name} ({thr})", ms=4)
+            ax.plot(res["layers"]["index"], res["layers"][name][thr], style, color=f"C{c}", ms=4,
+                    label=f"{name} ({'relative' if thr == 'rel' else 'exact'})")
+    ax.set_xticks(res["layers"]["index"])
     ax.set_xlabel("layer")
     ax.set_ylabel("fraction of parameters unchanged")
     ax.set_title("Update sparsity per layer")
@@ -635,7 +644,7 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
               ("a_in_b", "a_in_b_rand", "b_in_a", "one-sided |A&B|/|A| (row A)"),
               ("sign_agree", None, None, "sign agreement on A&B"),
               ("cos", None, None, "cosine of updates on A&B")]
-    fig, axes = plt.subplots(1, 4, figsize=(5.2 * 4, 0.7 * len(names) + 3))
+    fig, axes = plt.subplots(1, 4, layout="constrained", figsize=(5.2 * 4, 0.7 * len(names) + 3))
     plotted = {"names": names, "threshold": "rel", "scope": "all"}
     for ax, (stat, rand, trans, title) in zip(axes, panels):
         m = pair_matrix(res, "rel", "all", stat, transpose_stat=trans)
@@ -654,7 +663,8 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
     # cosine per pair: attention / FFN / all, exact vs projected (paper Figure 3)
     groups = [g for g in ("attention", "ffn", "all") if g in res["scopes"]]
     labels = [f"{p['a']}-{p['b']}" for p in res["pairs"]]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), layout="constrained", sharey=True, squeeze=False,
+                             figsize=((0.8 * len(labels) + 1.5) * len(groups), 4.5))
     plotted = {"pairs": labels, "threshold": "rel"}
     for ax, g in zip(axes[0], groups):
         exact = [p["rel"][g]["cos"] for p in res["pairs"]]
@@ -662,19 +672,21 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
         spread = [p["rel"][g].get("cos_proj_std") for p in res["pairs"]]
         x = np.arange(len(labels))
         b1 = ax.bar(x - 0.2, [np.nan if v is None else v for v in exact], 0.4, label="exact (fp64)")
-        ax.bar_label(b1, fmt="%.2f", fontsize=7)
+        label_bars(ax, b1, exact)
         if any(v is not None for v in proj):
             b2 = ax.bar(x + 0.2, [np.nan if v is None else v for v in proj], 0.4,
                         yerr=[0 if v is None else v for v in spread], capsize=3,
-                        label=f"projected to {res['projection']['dim']} (mean +- std over seeds)")
-            ax.bar_label(b2, fmt="%.2f", fontsize=7)
+                        label=f"projected to {res['projection']['dim']} dims (mean +- std over seeds)")
+            label_bars(ax, b2, proj)
         ax.axhline(0, color="black", lw=0.5)
+        low = min([v for v in exact + proj if v is not None and math.isfinite(v)] + [0])
+        ax.set_ylim(min(-0.05, low - 0.1), 1.1)
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_title(f"{g}: cosine of updates on overlap")
         ax.set_xlabel("model pair")
         plotted[g] = {"exact": exact, "proj": proj, "proj_std": spread}
     axes[0][0].set_ylabel("cosine similarity")
-    axes[0][0].legend(fontsize=7)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     paths.append(out / "weights_cosine.png")
     save_plot(fig, paths[-1], plotted)
     return paths
@@ -816,13 +828,13 @@ def plot_kl(res: dict, path: Path) -> None:
         lim = max([abs(v) for row in res["perf_change"] for v in row if v is not None] + [1e-3])
         panels.append((res["perf_change"], "accuracy change on the row's domain\n(column - row's expert)",
                        "RdBu", (-lim, lim)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 * len(cols) * len(panels) + 3 * len(panels),
-                                                      0.6 * len(rows) + 2.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), layout="constrained", squeeze=False,
+                             figsize=((1.1 * len(cols) + 2.5) * len(panels), 0.7 * len(rows) + 2.8))
     for ax, (m, title, cmap, lims) in zip(axes[0], panels):
         heatmap(ax, m, [f"{d} data" for d in rows], cols, title, cmap=cmap,
                 **({"vmin": lims[0], "vmax": lims[1]} if lims else {}))
         ax.set_xlabel("model")
-        ax.set_ylabel("trajectories (domain of the expert that sampled them)")
+    axes[0][0].set_ylabel("trajectories sampled by the expert of")
     if res.get("perf_change") is None:
         fig.text(0.5, -0.02, "accuracy change: not available (no eval.json for these models)", ha="center")
     save_plot(fig, path, {k: res.get(k) for k in ("domains", "models", "kl_fwd", "kl_rev", "perf_change")})
@@ -1009,7 +1021,9 @@ def consistency(records: list[dict], base: str, experts: list[str], models: list
 
     union = np.max([gain(e) for e in experts], axis=0)
     scopes = {"all": np.ones(len(keys), bool)}
-    scopes |= {d: np.array([domain_of[k] == d for k in keys]) for d in sorted(set(domain_of[k] for k in keys))}
+    seen = {domain_of[k] for k in keys}
+    order = [d for d in data.DOMAINS if d in seen] + sorted(seen - set(data.DOMAINS))
+    scopes |= {d: np.array([domain_of[k] == d for k in keys]) for d in order}
     res = {"base": base, "experts": experts, "models": models, "n_boot": n_boot, "seed": seed,
            "n_problems": {s: int(m.sum()) for s, m in scopes.items()}, "cos": {}}
     for name in models:
@@ -1025,7 +1039,7 @@ def consistency(records: list[dict], base: str, experts: list[str], models: list
 def plot_consistency(res: dict, path: Path) -> None:
     scopes = [s for s in res["n_problems"] if s != "all"] + ["all"]
     models = res["models"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(scopes) * max(1, len(models)) / 2), 4))
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(6, 1.3 * len(scopes) * max(1, len(models)) / 2), 4))
     width = 0.8 / max(1, len(models))
     plotted = {"scopes": scopes, "cos": {}, "lo": {}, "hi": {}}
     for i, name in enumerate(models):
@@ -1037,13 +1051,14 @@ def plot_consistency(res: dict, path: Path) -> None:
                         [0 if v is None or h is None else max(h - v, 0) for v, h in zip(c, hi)]])
         bars = ax.bar(np.arange(len(scopes)) + (i - (len(models) - 1) / 2) * width, cv, width, yerr=err,
                       capsize=3, label=name)
-        ax.bar_label(bars, labels=[fmt(v, 2) for v in c], fontsize=7, padding=2)
+        label_bars(ax, bars, c)
         plotted["cos"][name], plotted["lo"][name], plotted["hi"][name] = c, lo, hi
     ax.set_xticks(range(len(scopes)), [f"{s}\n(n={res['n_problems'][s]})" for s in scopes])
+    ax.set_xlim(-0.5, len(scopes) - 0.5)
     ax.set_xlabel("problems")
-    ax.set_ylabel("cosine(gain of model, union of experts' gains)")
-    ax.set_ylim(0, 1.1)
-    ax.set_title(f"Consistency of per-problem gains with the experts' union ({int(100 * 0.95)}% bootstrap CI)")
+    ax.set_ylabel("cosine(gains, union of experts' gains)")
+    ax.set_ylim(0, 1.15)
+    ax.set_title("Per-problem gains over the base vs the experts' union\n(bars: cosine; whiskers: 95% bootstrap CI)")
     ax.legend(fontsize=8)
     save_plot(fig, path, plotted)
 
@@ -1154,6 +1169,7 @@ def models_from_runs(found: dict, cfg: "ReportConfig") -> dict:
             experts[t["domains"][0]] = t["checkpoint"]
         elif len(t["domains"]) > 1:
             multitask[name] = t["checkpoint"]
+    experts = {d: experts[d] for d in data.DOMAINS if d in experts}  # tables list domains in the usual order
     if len(multitask) == 1:
         multitask = {"multitask": next(iter(multitask.values()))}
     bases = {t["base"] for t in found["train"].values() if t["base"]}
@@ -1175,8 +1191,8 @@ def plot_training(train: dict, out: Path) -> list[Path]:
     if domains:
         kinds = [k for k in ("reward", "acc", "len") if any(f"{k}/{d}" in row for t in train.values()
                                                             for row in t["metrics"] for d in domains)]
-        fig, axes = plt.subplots(len(kinds), len(domains), figsize=(4 * len(domains), 3 * len(kinds)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(kinds), len(domains), layout="constrained", squeeze=False,
+                                 figsize=(4 * len(domains), 3 * len(kinds)))
         plotted = {}
         for r, kind in enumerate(kinds):
             for c, d in enumerate(domains):
@@ -1192,7 +1208,6 @@ def plot_training(train: dict, out: Path) -> list[Path]:
                 if ax.lines:
                     ax.legend(fontsize=7)
         fig.suptitle("Training curves per domain")
-        fig.tight_layout()
         paths.append(out / "train_curves.png")
         save_plot(fig, paths[-1], plotted)
     stats = [k for k in ("reward", "kl", "entropy", "grad_norm", "clip_frac", "zero_var_frac", "truncated",
@@ -1200,7 +1215,7 @@ def plot_training(train: dict, out: Path) -> list[Path]:
     if stats:
         cols = min(4, len(stats))
         rows = math.ceil(len(stats) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, layout="constrained", figsize=(4 * cols, 3 * rows), squeeze=False)
         plotted = {}
         for ax, key in zip(axes.flat, stats):
             for name, t in train.items():
@@ -1215,7 +1230,6 @@ def plot_training(train: dict, out: Path) -> list[Path]:
         for ax in list(axes.flat)[len(stats):]:
             ax.axis("off")
         fig.suptitle("Training statistics")
-        fig.tight_layout()
         paths.append(out / "train_stats.png")
         save_plot(fig, paths[-1], plotted)
     return paths
@@ -1319,11 +1333,14 @@ def run_report(cfg: ReportConfig) -> str:
 
     md.append("## 1. Runs\n")
     if found["train"] or found["merged"]:
+        def num(x, spec):
+            return "n/a" if x is None else format(x, spec)
+
         rows = [[n, "expert" if len(t["domains"]) == 1 else "mixed", ",".join(t["domains"]),
-                 t["metrics"][-1]["step"] if t["metrics"] else None, t["run"].get("wall_s"),
-                 t["run"].get("device"), t["run"].get("world_size"), device_hours(t["run"]),
-                 t["checkpoint"] or "none"] for n, t in found["train"].items()]
-        rows += [[n, "merged", "", "", m_["report"].get("wall_s"), "", "", "", m_["checkpoint"] or "none"]
+                 t["metrics"][-1]["step"] if t["metrics"] else "n/a", num(t["run"].get("wall_s"), ".0f"),
+                 t["run"].get("device", "n/a"), t["run"].get("world_size", "n/a"),
+                 num(device_hours(t["run"]), ".3g"), t["checkpoint"] or "none"] for n, t in found["train"].items()]
+        rows += [[n, "merged", "", "", num(m_["report"].get("wall_s"), ".0f"), "", "", "", m_["checkpoint"] or "none"]
                  for n, m_ in found["merged"].items()]
         md.append(md_table(["run", "kind", "domains", "last step", "wall s", "device", "world size",
                             "device-hours", "checkpoint"], rows))

@@ -1,5 +1,6 @@
 """analyze.py on constructed models and results whose answers are known by hand."""
 
+import functools
 import itertools
 import json
 import math
@@ -309,7 +310,8 @@ def test_consistency_known_answers():
                               n_boot=200, seed=0)
     # gains: e_math [1, 0, 0, 0], e_code [0, .5, 0, 0] -> union [1, .5, 0, 0]
     assert res["cos"]["union"]["all"]["cos"] == pytest.approx(1.0)
-    assert res["cos"]["union"]["all"]["lo"] == pytest.approx(1.0) and res["cos"]["union"]["all"]["hi"] == pytest.approx(1.0)
+    union = res["cos"]["union"]["all"]
+    assert union["lo"] == pytest.approx(1.0) and union["hi"] == pytest.approx(1.0)
     assert res["cos"]["ortho"]["all"]["cos"] == 0.0
     assert res["cos"]["partial"]["all"]["cos"] == pytest.approx(1 / math.sqrt(1.25))
     lo, hi = res["cos"]["partial"]["all"]["lo"], res["cos"]["partial"]["all"]["hi"]
@@ -319,7 +321,8 @@ def test_consistency_known_answers():
     assert res["cos"]["partial"]["math"]["cos"] == pytest.approx(1 / math.sqrt(1.25))
     assert math.isnan(res["cos"]["union"]["code"]["cos"])
     again = analyze.consistency(records, "base", ["e_math", "e_code"], ["partial"], n_boot=200, seed=0)
-    assert analyze.clean_json(again["cos"]) == {"partial": analyze.clean_json(res["cos"]["partial"])}  # seeded bootstrap
+    # seeded bootstrap: the same intervals again
+    assert analyze.clean_json(again["cos"]) == {"partial": analyze.clean_json(res["cos"]["partial"])}
     assert again["cos"]["partial"]["all"]["lo"] == res["cos"]["partial"]["all"]["lo"]
 
 
@@ -346,3 +349,236 @@ def test_consistency_errors_and_files(tmp_path):
     bad.write_text(json.dumps(records[0]) + "\n" + json.dumps({"model": "x", "id": "1"}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl: line 2: missing field 'benchmark'"):
         analyze.read_per_problem(bad)
+
+
+# ------------------------------------------------------------------------------------------------ kl
+
+import model  # noqa: E402  (the project's model.py: tiny Qwen3 + tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """Three tiny models with different random inits, saved as HF folders (seed 0 is the base)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    tok = model.load_tokenizer("tiny")
+    dirs = {}
+    for name, seed in (("s0", 0), ("s1", 1), ("s2", 2)):
+        model.save_pretrained(model.load_model("tiny", seed=seed), tok, str(tmp / name))
+        dirs[name] = str(tmp / name)
+    return dirs
+
+
+def sample_trajs(policy, n=3):
+    tok = model.load_tokenizer("tiny")
+    prompts = [[{"role": "user", "content": f"What is {i} + {i}?" + " Think." * i}] for i in range(n)]
+    out = model.generate(policy, tok, prompts, n=2, max_new_tokens=12, temperature=1.0, seed=0)
+    return [(s["prompt_ids"], s["completion_ids"]) for s in out], tok.pad_token_id
+
+
+def reference_kl(p_model, q_model, trajs):
+    """One unpadded sequence at a time, softmax and KL in float64 numpy."""
+    tot_pq = tot_qp = n = 0
+    for p, c in trajs:
+        ids = torch.tensor([list(p) + list(c)])
+        with torch.no_grad():
+            lp = p_model(input_ids=ids).logits[0].double().numpy()
+            lq = q_model(input_ids=ids).logits[0].double().numpy()
+        for t in range(len(p) - 1, len(p) + len(c) - 1):
+            P = np.exp(lp[t] - lp[t].max()); P /= P.sum()
+            Q = np.exp(lq[t] - lq[t].max()); Q /= Q.sum()
+            tot_pq += (P * (np.log(P) - np.log(Q))).sum()
+            tot_qp += (Q * (np.log(Q) - np.log(P))).sum()
+            n += 1
+    return tot_pq / n, tot_qp / n, n
+
+
+def test_kl_identical_models_is_zero():
+    p, q = model.load_model("tiny", seed=0), model.load_model("tiny", seed=0)
+    trajs, pad = sample_trajs(p)
+    kl = analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4)
+    assert kl["kl_pq"] == pytest.approx(0, abs=1e-7) and kl["kl_qp"] == pytest.approx(0, abs=1e-7)
+    assert kl["n_tokens"] == sum(len(c) for _, c in trajs)
+
+
+def test_kl_matches_unbatched_reference():
+    p, q = model.load_model("tiny", seed=0), model.load_model("tiny", seed=1)
+    trajs, pad = sample_trajs(p)
+    assert len({len(a) + len(b) for a, b in trajs}) > 1   # padding is exercised
+    kl = analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4, time_chunk=5)
+    ref_pq, ref_qp, n = reference_kl(p, q, trajs)
+    assert kl["n_tokens"] == n
+    assert kl["kl_pq"] == pytest.approx(ref_pq, rel=1e-4) and kl["kl_qp"] == pytest.approx(ref_qp, rel=1e-4)
+    assert kl["kl_pq"] > 0 and kl["kl_pq"] != pytest.approx(kl["kl_qp"])   # KL is not symmetric
+
+
+def test_pack_masks_exactly_the_completion_predictions():
+    ids, attn, mask = analyze.pack([([5, 6, 7], [8, 9]), ([5], [8, 9, 10])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 8, 9, 10, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    # position t predicts token t+1: row 0 predicts 8, 9 from positions 2, 3; row 1 predicts 8, 9, 10 from 0, 1, 2
+    assert mask.tolist() == [[False, False, True, True, False], [True, True, True, False, False]]
+
+
+def test_kl_matrix_end_to_end(tiny_dirs, tmp_path):
+    d = tiny_dirs
+    evaluation = {"models": {"m": d["s0"], "c": d["s1"], "merged": d["s2"]},
+                  "by_domain": {"m": {"math": 0.5, "code": 0.1}, "c": {"math": 0.2, "code": 0.4},
+                                "merged": {"math": 0.45, "code": 0.3}}}
+    analyze.write_json(tmp_path / "eval.json", evaluation)
+    cfg = analyze.KLConfig(experts=[f"math={d['s0']}", f"code={d['s1']}"], multitask=d["s0"],
+                           merged=[f"merged={d['s2']}"], n_problems=3, k=2, max_new_tokens=8, out=str(tmp_path),
+                           device="cpu")
+    res = analyze.run_kl(cfg)
+    assert res["domains"] == ["math", "code"] and res["models"] == ["math", "code", "multitask", "merged"]
+    fwd, rev = np.array(res["kl_fwd"]), np.array(res["kl_rev"])
+    assert fwd[0, 0] == pytest.approx(0, abs=1e-7) and fwd[1, 1] == pytest.approx(0, abs=1e-7)
+    assert fwd[0, 2] == pytest.approx(0, abs=1e-7)   # the "multitask" model is the math expert itself
+    assert (fwd[0, [1, 3]] > 0).all() and (fwd[1, [0, 2, 3]] > 0).all() and (rev[0, [1, 3]] > 0).all()
+    # accuracy change on the row's domain against the row's expert, matched to eval.json by path
+    assert np.allclose(res["perf_change"], [[0, 0.2 - 0.5, 0, 0.45 - 0.5], [0.1 - 0.4, 0, 0.1 - 0.4, 0.3 - 0.4]])
+    plotted = json.loads((tmp_path / "kl_heatmap.json").read_text())
+    assert plotted["kl_fwd"] == analyze.clean_json(res["kl_fwd"])
+    assert (tmp_path / "kl_heatmap.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+import data  # noqa: E402
+
+
+def test_eval_constructed_completions(tmp_path, monkeypatch):
+    """generate replaced by a fake whose first sample of each problem is the right answer and the other
+    three are wrong: the real math verifier must give avg@4 = 1/4, pass@1 = 1/4, pass@4 = 1."""
+    rows = data.embedded("math", "eval", n=3, seed=0)
+    answer_of = {json.dumps(r["prompt"]): r["answer"] for r in rows}
+
+    def fake_generate(policy, tokenizer, prompts, *, n=1, **kw):
+        out = []
+        for p in prompts:
+            for j in range(n):
+                text = f"The answer is \\boxed{{{answer_of[json.dumps(p)]}}}." if j == 0 else "I do not know."
+                out.append({"prompt_ids": [1], "completion_ids": [5, 2], "text": text, "truncated": False})
+        return out
+
+    monkeypatch.setattr(analyze.model, "generate", fake_generate)
+    cfg = analyze.EvalConfig(models=["m=tiny"], domains=["math"], n_problems=3, k=4, out=str(tmp_path),
+                             device="cpu", workers=1)
+    res = analyze.run_eval(cfg)
+    cell = res["table"]["m"]["embedded/math"]
+    assert (cell["avg@k"], cell["pass@1"], cell["pass@k"], cell["n"], cell["k"]) == (0.25, 0.25, 1.0, 3, 4)
+    lines = [json.loads(x) for x in (tmp_path / "eval_per_problem.jsonl").read_text().splitlines()]
+    assert [x["rewards"] for x in lines] == [[1.0, 0.0, 0.0, 0.0]] * 3
+    assert [x["id"] for x in lines] == [r["id"] for r in rows] and lines[0]["model"] == "m"
+    assert "| m | 0.250 | 0.250 |" in (tmp_path / "eval.md").read_text()
+    csv_lines = (tmp_path / "eval.csv").read_text().splitlines()
+    assert csv_lines == ["model,embedded/math avg@4,embedded/math pass@4,mean avg@4", "m,0.2500,1.0000,0.2500"]
+
+
+def test_eval_tiny_model_end_to_end(tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in data.embedded("science", "eval", n=2, seed=1)))
+    cfg = analyze.EvalConfig(models=["base=tiny"], benchmarks=["embedded", f"sci={bench}"], n_problems=2, k=2,
+                             max_new_tokens=8, out=str(tmp_path), device="cpu", workers=2)
+    res = analyze.run_eval(cfg)
+    assert sorted(res["table"]["base"]) == ["embedded/code", "embedded/if", "embedded/math", "embedded/science",
+                                            "sci"]
+    lines = [json.loads(x) for x in (tmp_path / "eval_per_problem.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 * 2
+    for x in lines:
+        assert len(x["rewards"]) == 2 and all(0 <= r <= 1 for r in x["rewards"])
+        assert all(1 <= n <= 8 for n in x["lengths"]) and 0 <= x["truncated"] <= 2
+    for name in ("eval.json", "eval.md", "eval.csv", "eval_bars.png", "eval_bars.json"):
+        assert (tmp_path / name).exists()
+    with pytest.raises(FileNotFoundError, match="benchmark 'x': no file"):
+        analyze.load_benchmarks(["x=nowhere.jsonl"], ["math"], None, 0)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def perturbed(seed: int, frac: float = 0.1):
+    """The tiny base (seed 0) with 10% of its entries moved: a stand-in for an RL-trained checkpoint."""
+    net = model.load_model("tiny", seed=0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_((torch.rand(p.shape, generator=g) < frac) * 0.05 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def write_run(root: Path, name: str, domains: list[str], wall_s: float, net) -> str:
+    d = root / name
+    model.save_pretrained(net, model.load_tokenizer("tiny"), str(d))
+    (d / "run.json").write_text(json.dumps({"config": {"domains": domains, "model": "tiny"}, "wall_s": wall_s,
+                                            "world_size": 1, "device": "cpu", "device_hours": wall_s / 3600}))
+    lines = []
+    for step in range(6):
+        row = {"step": step, "time": 10.0 * step, "reward": 0.1 * step, "kl": 0.01 * step, "entropy": 2 - 0.1 * step,
+               "grad_norm": 1.0, "truncated": 0.5, "zero_var_frac": 0.3, "tokens_per_s": 100.0}
+        for i, dom in enumerate(domains):
+            row |= {f"reward/{dom}": 0.1 * step + 0.05 * i, f"acc/{dom}": 0.08 * step, f"len/{dom}": 50 + step}
+        lines.append(json.dumps(row) + "\n")
+    (d / "metrics.jsonl").write_text("".join(lines))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    experts = {"math": perturbed(1), "code": perturbed(2)}
+    paths = {dom: write_run(root, dom, [dom], 100.0, net) for dom, net in experts.items()}
+    paths["multitask"] = write_run(root, "math-code", ["math", "code"], 150.0, perturbed(3))
+    merged = model.load_model("tiny", seed=0)
+    sds = [net.state_dict() for net in experts.values()]
+    merged.load_state_dict({k: (sds[0][k] + sds[1][k]) / 2 for k in sds[0]})
+    model.save_pretrained(merged, model.load_tokenizer("tiny"), str(root / "ties"))
+    (root / "ties" / "merge_report.json").write_text(json.dumps({"method": "ties", "wall_s": 36.0}))
+    paths["ties"] = str(root / "ties")
+    return root, paths
+
+
+def test_report_writes_every_section(runs_dir, tmp_path, monkeypatch):
+    root, paths = runs_dir
+    out = tmp_path / "analysis"
+    # the report computes every analysis itself from the runs; eval and kl get smaller defaults to stay fast
+    monkeypatch.setattr(analyze, "EvalConfig", functools.partial(
+        analyze.EvalConfig, domains=["math", "code"], n_problems=3, k=2, max_new_tokens=8, workers=2))
+    monkeypatch.setattr(analyze, "KLConfig", functools.partial(analyze.KLConfig, n_problems=3, max_new_tokens=8))
+    text = analyze.run_report(analyze.ReportConfig(runs=str(root), out=str(out), device="cpu"))
+    assert "Not available" not in text
+    for section in ("## 1. Runs", "## 2. Training curves", "## 3. Evaluation", "## 4. Weight updates",
+                    "## 5. Cross-domain KL", "## 6. Consistency of gains", "## 7. Cost"):
+        assert section in text
+    for png in ("train_curves", "train_stats", "eval_bars", "weights_sparsity", "weights_layers",
+                "weights_overlap", "weights_cosine", "kl_heatmap", "consistency_bars"):
+        assert f"]({png}.png)" in text
+        assert (out / f"{png}.png").stat().st_size > 10_000 and (out / f"{png}.json").exists()
+    # models found from the runs: experts by their single domain, the two-domain run, the merge folder
+    weights = json.loads((out / "weights.json").read_text())
+    assert weights["models"] == {"math": paths["math"], "code": paths["code"], "multitask": paths["multitask"],
+                                 "ties": paths["ties"]}
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert list(evaluation["models"]) == ["base", "math", "code", "multitask", "ties"]
+    assert 0.85 < weights["sparsity"]["math"]["exact"]["all"] < 0.95   # 10% of entries were moved
+    kl = json.loads((out / "kl.json").read_text())
+    assert kl["domains"] == ["math", "code"] and kl["perf_change"] is not None
+    cons = json.loads((out / "consistency.json").read_text())
+    assert cons["base"] == "base" and cons["experts"] == ["math", "code"] and cons["models"] == ["multitask", "ties"]
+    # cost: experts 100 s + 100 s + merge 36 s against the mixed run's 150 s
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["separate_plus_merge"]["ties"] == pytest.approx(236 / 3600)
+    assert "= 0.64" in text   # 150 / 236
+
+
+def test_report_says_what_is_missing(tmp_path):
+    text = analyze.run_report(analyze.ReportConfig(runs=str(tmp_path / "none"), out=str(tmp_path / "a"),
+                                                   device="cpu"))
+    assert text.count("**Not available:**") == 7
+    assert (tmp_path / "a" / "report.md").read_text() == text
+
+
+def test_cli_help_lists_subcommands():
+    out = subprocess.run([sys.executable, str(ROOT / "analyze.py"), "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for sub in ("eval", "weights", "kl", "consistency", "report"):
+        assert sub in out.stdout
