@@ -197,8 +197,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1, max_new
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_pretrained(model, tokenizer, out_dir: str) -> None:
-    """Write model (safetensors) and tokenizer to out_dir atomically: a reader sees the old directory or
-    the complete new one, never a half-written one."""
+    """Write model (safetensors) and tokenizer to out_dir, never leaving a half-written out_dir: the files
+    are complete in a temporary sibling before it takes the name. An existing out_dir is first renamed
+    aside (a crash between the two renames leaves it in out_dir.old-*) and deleted at the end."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)

@@ -12,6 +12,16 @@ def tok():
     return M.load_tokenizer("tiny")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's matrices are too small to gain from threads; on a busy 2-core machine a second
+    intra-op thread made the short training loop below 20x slower (spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _overfit(tok, pairs, steps=60):
     """Tiny model trained to answer each prompt with its completion + eos, so generate has real behaviour
     (stopping, distinct outputs per prompt) to check."""
