@@ -175,7 +175,8 @@ def test_cannot_open_sockets(use_bwrap):
 
 @pytest.mark.parametrize("use_bwrap", MODES)
 def test_cannot_kill_its_parent_or_the_verifier(use_bwrap):
-    program = ("import os, signal\nfor pid in (os.getppid(), %d):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+    # Under bwrap the program is pid 1 of its namespace: getppid() is 0 there (the parent is outside).
+    program = ("import os, signal\nfor pid in {os.getppid(), %d} - {0}:\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
                "        print('killed', pid)\n    except OSError as e:\n        print('refused', type(e).__name__)\n" % os.getpid())
     out = run(program, use_bwrap)
     assert "killed" not in out["stdout"]
@@ -186,10 +187,11 @@ def test_cannot_kill_its_parent_or_the_verifier(use_bwrap):
 def test_kill_everything_inside_bwrap_only_kills_itself():
     if not code.bwrap_works():
         pytest.skip("bwrap unusable")
-    # kill(-1) signals every process the caller may signal; inside the sandbox that is only itself.
-    out = run("import os\nos.kill(-1, 9)\nprint('survived')", True)
-    assert "survived" not in out["stdout"]
+    # kill(-1) signals every process the caller may signal: inside the sandbox, only its own.
+    out = run("import os, time\nfor _ in range(3):\n    os.fork()\nos.kill(-1, 9)\ntime.sleep(0.5)\nprint('ok')", True)
+    assert out["exit_code"] == 0 and out["stdout"] == "ok\n"
     assert code.score("print(2)", stdio_row("2"), think=False, use_bwrap=True)["reward"] == 1.0
+    assert no_sandbox_processes()
 
 
 @pytest.mark.parametrize("use_bwrap", MODES)

@@ -162,8 +162,11 @@ def _python_roots() -> list[str]:
 
 def _bwrap_argv(workdir: str, disk_bytes: int) -> list[str]:
     """bwrap options: fresh namespaces and a root with only the system, Python and a private workdir."""
-    argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+    # --as-pid-1: the program itself is the pid namespace's pid 1, so when it exits (or is killed) the
+    # kernel kills every other process in the namespace before bwrap sees it exit. With bwrap's own
+    # reaper as pid 1, bwrap would exit first and the program's children would die moments later.
+    argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--as-pid-1", "--unshare-net", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
             "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/sandbox", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -210,9 +213,9 @@ def bwrap_works() -> bool:
 def _kill(proc: subprocess.Popen, bwrap_info_fd: int | None) -> None:
     """Kill a sandbox that ran out of time; return once none of its processes is left.
 
-    Under bwrap, SIGKILL to the sandbox's pid 1 makes the kernel kill every process in its pid
-    namespace, and pid 1 only counts as dead (so bwrap, its parent, only exits) once all of them
-    are gone. Killing bwrap itself would return at once while the program's processes still die.
+    Under bwrap, SIGKILL to the sandbox's pid 1 (the program) makes the kernel kill every process in
+    its pid namespace, and pid 1 only counts as dead (so bwrap, its parent, only exits) once all of
+    them are gone; killing bwrap instead would return while the program's processes were still dying.
     Otherwise, and as a backstop, the whole process group goes, while its leader is unreaped (so the
     group id cannot have been reused).
     """
