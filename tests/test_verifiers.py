@@ -475,3 +475,55 @@ def test_verifiers_are_thread_safe():
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(check, range(64))) == [1.0, 0.0] * 32
+
+
+# --- the embedded eval data: every reference scores 1.0, a wrong answer 0.0 ------------------------
+
+def _violation(instruction_id: str, kw: dict) -> str:
+    """A text that breaks one IFEval instruction, worked out from the instruction's rule."""
+    rel = kw.get("relation") or kw.get("let_relation") or kw.get("capital_relation")
+    if instruction_id == "keywords:frequency" and rel == "less than":
+        return " ".join([kw["keyword"]] * kw["frequency"])
+    if instruction_id == "keywords:forbidden_words":
+        return " ".join(kw["forbidden_words"])
+    if instruction_id == "keywords:letter_frequency" and rel == "less than":
+        return kw["letter"] * kw["let_frequency"]
+    if instruction_id == "language:response_language":
+        return "Das ist ein deutscher Satz über das Wetter und die Berge." if kw["language"] != "de" else "This is English."
+    if instruction_id == "length_constraints:number_sentences" and rel == "less than":
+        return "Go. " * kw["num_sentences"]
+    if instruction_id == "length_constraints:number_words" and rel == "less than":
+        return "w " * kw["num_words"]
+    if instruction_id == "change_case:capital_word_frequency" and rel == "less than":
+        return "WORD " * kw["capital_frequency"]
+    if instruction_id == "detectable_format:number_bullet_lists":
+        return "* a\n" * (kw["num_bullets"] + 1)
+    if instruction_id == "punctuation:no_comma":
+        return ","
+    return ""  # every other IFEval instruction asks for something an empty text lacks
+
+
+def _wrong_answer(row: dict) -> str:
+    if row["domain"] == "math":
+        return f"The answer is \\boxed{{{math.as_number(row['answer']) + 1}}}."
+    if row["domain"] == "science":
+        return "Answer: " + ("B" if row["answer"] != "B" else "A")
+    if row["domain"] == "code" and row["tests"]["kind"] == "assert":
+        return f"```python\ndef {row['tests']['entry_point']}(*args, **kwargs):\n    return None\n```"
+    if row["domain"] == "code":
+        return "```python\nprint('m2rl wrong answer')\n```"
+    return _violation(row["instruction_id_list"][0], row["kwargs"][0])
+
+
+@pytest.mark.parametrize("domain", ["math", "code", "science", "if"])
+def test_embedded_eval_references_score_one_and_wrong_answers_zero(domain):
+    import data
+
+    rows = data.embedded(domain, "eval")
+    assert rows and all(row["domain"] == domain for row in rows)
+    right = verify_batch([row["reference"] for row in rows], rows, workers=4)
+    assert [(row["id"], r["reward"], r["error"]) for row, r in zip(rows, right) if r["reward"] != 1.0] == []
+    wrong = verify_batch([_wrong_answer(row) for row in rows], rows, workers=4)
+    assert [row["id"] for row, r in zip(rows, wrong) if r["reward"] != 0.0] == []
+    if domain == "code":  # HumanEval's canonical solutions are among them
+        assert sum(row["source"] == "humaneval" for row in rows) == 164
