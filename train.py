@@ -67,12 +67,12 @@ class Config:
     preset: str = "tiny"
     """Named set of defaults: tiny (CPU toy) or paper (the paper's hyper-parameters). Flags override it."""
     run_name: str = ""
-    """Directory under out_dir; empty: derived from the domains, e.g. math-code."""
+    """Directory under out_dir; empty: the domains joined by '-', e.g. math-code."""
     out_dir: str = "out"
     """Where runs are written."""
     seed: int = 0
     """Seeds the model init, the data order and the rollouts (the run is reproducible from it)."""
-    steps: int = 40
+    steps: int = 100
     """Optimisation steps (each: rollout, reward, update). 0 saves the starting model and stops."""
     save_every: int = 20
     """Checkpoint every N steps (and at the end)."""
@@ -94,11 +94,11 @@ class Config:
     """Starting model: 'tiny' (built in code), 'smollm2-135m', or any HF causal LM path or hub id."""
 
     # GRPO
-    prompts_per_step: int = 16
+    prompts_per_step: int = 32
     """Prompts per step across all processes (paper: 128); a multiple of the number of processes."""
-    group_size: int = 8
+    group_size: int = 16
     """Completions sampled per prompt (paper: 16)."""
-    max_new_tokens: int = 12
+    max_new_tokens: int = 4
     """Longest completion; longer ones are truncated."""
     temperature: float = 1.0
     """Sampling temperature; the trainer divides logits by it too, so both score the same policy."""
@@ -157,8 +157,6 @@ class Config:
         assert self.group_size >= 2, "GRPO needs at least 2 completions per prompt"
         assert self.prompts_per_step >= 1 and self.minibatches >= 1 and self.micro_batch >= 1
         assert 0 <= self.clip_low < 1 and self.clip_high >= 0
-        if not self.run_name:
-            self.run_name = "-".join(self.domains)
 
 
 PRESETS = {
@@ -535,7 +533,7 @@ def main(cfg: Config) -> None:
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:  # one process per core: without this every rank starts all cores' worth of threads
+    elif "OMP_NUM_THREADS" not in os.environ:  # share the cores: else every rank starts one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -547,7 +545,7 @@ def main(cfg: Config) -> None:
         print0("note: --liger runs on CPU without torch.compile (slow); it is meant for GPUs")
 
     # --- data: fails before any model work on a bad path, a bad row or an unknown domain
-    rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed)
+    rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed, difficulty=cfg.difficulty)
     pools = {d: [r for r in rows if r["domain"] == d] for d in cfg.domains}
     empty = [d for d, p in pools.items() if not p]
     if empty:
@@ -555,7 +553,8 @@ def main(cfg: Config) -> None:
     weights = mix_weights(cfg.mix, cfg.domains)
 
     # --- model: resume from the last checkpoint or start from cfg.model
-    run_dir = os.path.join(cfg.out_dir, cfg.run_name)
+    run_name = cfg.run_name or "-".join(cfg.domains)
+    run_dir = os.path.join(cfg.out_dir, run_name)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
@@ -597,7 +596,7 @@ def main(cfg: Config) -> None:
             tracker = SummaryWriter(os.path.join(run_dir, "tb"))
         elif cfg.tracker == "wandb":
             import wandb
-            tracker = wandb.init(project="m2rl", name=cfg.run_name, config=asdict(cfg))
+            tracker = wandb.init(project="m2rl", name=run_name, config=asdict(cfg))
     if cfg.steps == 0 or start == 0:
         # step 0 is the starting model: the common base that merge.py and analyze.py compare against
         save_checkpoint(run_dir, 0, policy, optimizer, tokenizer, template, state, rank, cfg.keep_checkpoints)
@@ -605,7 +604,7 @@ def main(cfg: Config) -> None:
         return _finish(run_dir, cfg, state, world, device, master, time.time())
 
     from tqdm import tqdm
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not master, desc=cfg.run_name)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not master, desc=run_name)
     t_run, bad_steps = time.time(), 0
     for step in bar:
         t0 = time.time()
