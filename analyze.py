@@ -15,8 +15,8 @@ Subcommands, in the order a study runs them (every output lands in --out, defaul
     # report.md with every table and plot; runs the analyses above that are missing, with their defaults
     python analyze.py report --runs out
 
-Lists are space separated (`--models a=x b=y`); a model is `name=path` or a bare path / preset whose last
-folder is its name. On a GPU machine add nothing: --device defaults to cuda when present (bf16 weights there,
+Lists take spaces or commas (`--models a=x b=y` or `--models a=x,b=y`); a model is `name=path` or a bare
+path / preset whose last folder is its name. On a GPU machine add nothing: --device defaults to cuda when present (bf16 weights there,
 fp32 on CPU). `weights` on a 4B model reads one tensor slice per model at a time; use --device cuda to make
 its random projections fast, or --proj-seeds (an empty list) to skip them.
 
@@ -25,7 +25,7 @@ How `report` finds things (it never trains or merges):
   config["domains"] makes an expert of that domain, several make the multi-task run.
 - merged models: every <runs>/<name>/ holding merge_report.json.
 - checkpoints: the run folder itself when it holds config.json + *.safetensors, else its newest such subfolder.
-- base model: --base, else config["model"] of the runs' run.json.
+- base model: --base, else a run's checkpoints/step_000000 when kept, else config["model"] of the runs.
 - analyses: <out>/eval.json, weights.json, kl.json, consistency.json. With --compute (default) a missing one
   is computed from the models found, with that subcommand's default settings; run the subcommand yourself
   first to choose other settings. A section whose inputs are missing says so in report.md.
@@ -42,6 +42,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import matplotlib
 
@@ -61,6 +62,17 @@ import verifiers
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _split_commas(args: list[str]) -> list[str]:
+    # tyro would keep `--models a=x,b=y` as the one string "a=x,b=y"; take commas and spaces alike,
+    # as train.py --domains and merge.py --models do.
+    return [s for a in args for s in a.split(",") if s]
+
+
+Names = Annotated[list[str], tyro.constructors.PrimitiveConstructorSpec(
+    nargs="*", metavar="A[,B...]", instance_from_str=_split_commas, is_instance=lambda x: isinstance(x, list),
+    str_from_instance=lambda x: [",".join(x)])]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -293,7 +305,7 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
 def plot_eval(result: dict, path: Path) -> None:
     table, models = result["table"], list(result["models"])
     benches = list(dict.fromkeys(b for name in models for b in table.get(name, {})))  # in the order evaluated
-    k = result["config"]["k"]
+    k = max((v["k"] for name in models for v in table.get(name, {}).values()), default=0)
     fig, ax = plt.subplots(layout="constrained",
                            figsize=(max(6, 1.4 * len(benches) * max(1, len(models)) / 3), 4))
     width = 0.8 / max(1, len(models))
@@ -316,20 +328,22 @@ def plot_eval(result: dict, path: Path) -> None:
 class EvalConfig:
     """Accuracy (avg@k, pass@k) of models on eval sets; per-problem rewards are kept for `consistency`."""
 
-    models: list[str] = field(default_factory=lambda: ["tiny"])
-    """Models, space separated: name=path, or a path / preset ("tiny") named after its last folder."""
-    benchmarks: list[str] = field(default_factory=lambda: ["embedded"])
+    models: Names = field(default_factory=lambda: ["tiny"])
+    """Models: name=path, or a path / preset ("tiny") named after its last folder."""
+    benchmarks: Names = field(default_factory=lambda: ["embedded"])
     """Eval sets: "embedded" (the eval split of every domain) and/or row-schema files as name=path."""
-    domains: list[str] = field(default_factory=lambda: list(data.DOMAINS))
+    domains: Names = field(default_factory=lambda: list(data.DOMAINS))
     """Domains to keep (embedded sets made, file rows filtered)."""
     n_problems: int | None = 32
     """Problems per benchmark (the first n); None for all."""
     k: int = 4
     """Samples per problem."""
     temperature: float = 0.6
+    """Sampling temperature (0.6 and top-p 0.95: Qwen3's recommended thinking-mode sampling)."""
     top_p: float = 0.95
-    max_new_tokens: int = 512
-    """Raise it for real models: reasoning traces run to thousands of tokens."""
+    max_new_tokens: int = 64
+    """Sized for the tiny CPU pipeline (train.py's tiny preset samples 12); raise it for real models, whose
+    reasoning runs to thousands of tokens."""
     batch_size: int = 16
     """Prompts per generate call (each sampled k times)."""
     think: bool = True
@@ -696,8 +710,8 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
 class WeightsConfig:
     """Update sparsity, overlap, sign agreement and cosine of fine-tuned models against their base."""
 
-    models: list[str]
-    """Fine-tuned models (experts, multi-task, merged), space separated name=path; HF folders of safetensors."""
+    models: Names
+    """Fine-tuned models (experts, multi-task, merged) as name=path: HF folders of safetensors."""
     base: str = "tiny"
     """The base model folder they were all fine-tuned from (a preset name is saved to <out>/base-<name> first)."""
     rel_tol: float = 1e-3
@@ -845,11 +859,11 @@ class KLConfig:
     """Cross-domain KL matrix: on trajectories each expert samples on its own domain's eval prompts, the KL
     between that expert and every other expert, the multi-task model and the merged models."""
 
-    experts: list[str]
-    """Single-domain experts as domain=path, space separated (math=out/math code=out/code)."""
+    experts: Names
+    """Single-domain experts as domain=path (math=out/math code=out/code)."""
     multitask: str | None = None
     """The model trained on the mix of domains."""
-    merged: list[str] = field(default_factory=list)
+    merged: Names = field(default_factory=list)
     """Merged models as name=path."""
     prompts: str = "embedded"
     """Eval prompts: "embedded" or a row-schema file (rows of each expert's domain are used)."""
@@ -857,7 +871,8 @@ class KLConfig:
     """Prompts per domain."""
     k: int = 2
     """Trajectories sampled per prompt."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = 64
+    """Sized for the tiny CPU pipeline; raise it for real models."""
     temperature: float = 1.0
     """Sampling temperature of the trajectories (1: the expert's own policy)."""
     top_p: float = 1.0
@@ -1067,9 +1082,9 @@ def plot_consistency(res: dict, path: Path) -> None:
 class ConsistencyConfig:
     """Cosine between each model's per-problem gains over the base and the union of the experts' gains."""
 
-    experts: list[str]
-    """Names (as in the per-problem results) of the single-domain experts, space separated."""
-    models: list[str]
+    experts: Names
+    """Names (as in the per-problem results) of the single-domain experts."""
+    models: Names
     """Names of the models to compare with the union: the multi-task model and the merged ones."""
     base: str = "base"
     """Name of the base model in the per-problem results."""
@@ -1151,7 +1166,9 @@ def discover(runs: Path) -> dict:
             found["train"][d.name] = {
                 "dir": str(d), "run": run, "domains": list(domains), "base": cfg.get("model"),
                 "metrics": read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else [],
-                "checkpoint": find_checkpoint(d), "mtime": (d / "run.json").stat().st_mtime}
+                "checkpoint": find_checkpoint(d), "mtime": (d / "run.json").stat().st_mtime,
+                "step0": find_checkpoint(d / "checkpoints" / "step_000000")
+                         if (d / "checkpoints" / "step_000000").is_dir() else None}
         if (d / "merge_report.json").exists():
             found["merged"][d.name] = {"dir": str(d), "report": read_json(d / "merge_report.json"),
                                        "checkpoint": find_checkpoint(d)}
@@ -1172,9 +1189,11 @@ def models_from_runs(found: dict, cfg: "ReportConfig") -> dict:
     experts = {d: experts[d] for d in data.DOMAINS if d in experts}  # tables list domains in the usual order
     if len(multitask) == 1:
         multitask = {"multitask": next(iter(multitask.values()))}
+    # the base: the runs' saved step-0 model when one is kept, else the starting model their config names
+    step0 = [t["step0"] for t in found["train"].values() if t["step0"]]
     bases = {t["base"] for t in found["train"].values() if t["base"]}
     return {
-        "base": cfg.base or (bases.pop() if len(bases) == 1 else None),
+        "base": cfg.base or (step0[0] if step0 else bases.pop() if len(bases) == 1 else None),
         "experts": parse_named(cfg.experts, "expert") if cfg.experts else experts,
         "multitask": {"multitask": cfg.multitask} if cfg.multitask else multitask,
         "merged": parse_named(cfg.merged, "merged model") if cfg.merged else
@@ -1291,11 +1310,11 @@ class ReportConfig:
     """Where the analyses' JSON are read (and computed when missing) and report.md is written."""
     base: str | None = None
     """Base model; default: config["model"] of the runs."""
-    experts: list[str] = field(default_factory=list)
+    experts: Names = field(default_factory=list)
     """domain=path experts; default: the single-domain runs."""
     multitask: str | None = None
     """Multi-task model; default: the multi-domain run."""
-    merged: list[str] = field(default_factory=list)
+    merged: Names = field(default_factory=list)
     """name=path merged models; default: the folders holding merge_report.json."""
     compute: bool = True
     """Run eval / weights / kl / consistency with their default settings when their JSON is missing."""

@@ -582,3 +582,15 @@ def test_cli_help_lists_subcommands():
     assert out.returncode == 0, out.stderr
     for sub in ("eval", "weights", "kl", "consistency", "report"):
         assert sub in out.stdout
+
+
+def test_cli_lists_take_commas_and_spaces():
+    import tyro
+    cfg = tyro.cli(analyze.EvalConfig, args=["--models", "a=x,b=y", "c=z", "--domains", "math,code"])
+    assert cfg.models == ["a=x", "b=y", "c=z"] and cfg.domains == ["math", "code"]
+    assert analyze.parse_named(cfg.models + ["out/runs/mixed/"]) == {"a": "x", "b": "y", "c": "z",
+                                                                     "mixed": "out/runs/mixed/"}
+    with pytest.raises(ValueError, match="given twice"):
+        analyze.parse_named(["a=x", "a=y"])
+    with pytest.raises(AssertionError, match="unknown domains"):
+        analyze.EvalConfig(domains=["chess"])
