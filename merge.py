@@ -456,7 +456,7 @@ def dare_drop(delta: torch.Tensor, p: float, seed: int, rescale: str) -> torch.T
     delta's L1 norm for "l1" (mergekit)."""
     if p == 0.0:
         return delta
-    keep = uniform_like(delta, seed) >= p
+    keep = uniform_like(delta, seed).ge_(p)  # 1.0 where kept, 0.0 where dropped
     if rescale == "inverse":
         return delta.mul_(keep).div_(1.0 - p)
     before = float(delta.abs().sum())
@@ -507,6 +507,13 @@ def della_prune(delta: torch.Tensor, density: float, epsilon: float, seed: int, 
     return delta if rescale == "inverse" else match_l1(delta, before)
 
 
+def sign_conflict(D: torch.Tensor) -> float:
+    """Fraction of positions where some D_i is positive and another negative."""
+    if D[0].numel() == 0:
+        return 0.0
+    return float(((D.amax(0) > 0) & (D.amin(0) < 0)).float().mean())
+
+
 def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -> tuple[torch.Tensor, list, float]:
     """TIES sign election and disjoint merge (Yadav et al. 2023, arXiv 2306.01708) on sparsified task vectors D.
     v_i = a_i delta_i (elect="weighted") or delta_i ("unweighted"); elected sign s = +1 where sum_i v_i >= 0 else -1;
@@ -514,17 +521,25 @@ def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -
     (a zero divisor counts as 1), or sum_i m_i a_i delta_i for "sum". Returns it, the fraction of each delta_i kept,
     and the fraction of positions where the v_i have both signs."""
     w = a.reshape((-1,) + (1,) * (D.dim() - 1))
-    if elect == "weighted":
-        D.mul_(w)  # D now holds v_i; in place to keep one (N, *shape) buffer
+    unit = bool((a == 1).all())
+    if elect == "weighted" and not unit:
+        D.mul_(w)  # D now holds v_i (in place: one (N, *shape) buffer per tensor)
     elected = torch.where(D.sum(0) >= 0, 1.0, -1.0)
-    conflict = float(((D > 0).any(0) & (D < 0).any(0)).float().mean()) if D[0].numel() else 0.0
-    agree = (D * elected) > 0  # same sign as elected and nonzero
-    if elect != "weighted":
+    conflict = sign_conflict(D)
+    agree = torch.empty(D.shape, dtype=torch.bool)
+    scratch = torch.empty(D.shape[1:])
+    for i in range(D.shape[0]):  # agree_i = [v_i * s > 0]: the same sign as elected, and nonzero
+        torch.gt(torch.mul(D[i], elected, out=scratch), 0, out=agree[i])
+    del scratch
+    if elect != "weighted" and not unit:
         D.mul_(w)
     merged = D.mul_(agree).sum(0)
-    kept = [float(agree[i].float().mean()) if D[0].numel() else 0.0 for i in range(D.shape[0])]
+    kept = [int(torch.count_nonzero(agree[i])) / max(1, agree[i].numel()) for i in range(D.shape[0])]
     if disjoint == "mean":
-        divisor = (agree * w).sum(0)
+        if unit and D.shape[0] < 256:  # counting through a uint8 view: far faster than a bool reduction on CPU
+            divisor = agree.view(torch.uint8).sum(0, dtype=torch.uint8).to(torch.float32)
+        else:
+            divisor = (agree * w).sum(0)
         divisor[divisor == 0] = 1.0
         merged.div_(divisor)
     return merged, kept, conflict
@@ -603,9 +618,9 @@ def merge_tensor(cfg: Config, name: str, D: torch.Tensor, a: torch.Tensor,
         if m == "breadcrumbs":
             for i in range(N):
                 D[i].mul_(breadcrumbs_mask(D[i], cfg.crumbs_density, cfg.crumbs_gamma))
-        kept = [float((D[i] != 0).float().mean()) if D[i].numel() else 0.0 for i in range(N)]
-        conflict = float(((D > 0).any(0) & (D < 0).any(0)).float().mean()) if D[0].numel() else 0.0
-        merged = (D * w).sum(0)
+        kept = [int(torch.count_nonzero(D[i])) / max(1, D[i].numel()) for i in range(N)]
+        conflict = sign_conflict(D)
+        merged = D.sum(0) if bool((a == 1).all()) else D.mul_(w).sum(0)
         if m == "average":
             return merged.div_(float(a.sum())), {"kept": kept, "sign_conflict": conflict}
         return merged.mul_(cfg.lam), {"kept": kept, "sign_conflict": conflict}
@@ -643,8 +658,24 @@ HIGH_SHIFT, LOW_BITS = 15, (1 << 15) - 1
 
 
 def abs_bits(x: torch.Tensor) -> torch.Tensor:
-    """|x| of an fp32 tensor as int32 bit patterns (monotone in |x|)."""
-    return x.abs().reshape(-1).view(torch.int32)
+    """|x| of an fp32 tensor as int32 bit patterns (monotone in |x|), computed in place."""
+    return x.abs_().reshape(-1).view(torch.int32)
+
+
+def count_high(bits: torch.Tensor, hist: torch.Tensor) -> None:
+    """Pass 1: add the histogram of the top 16 bits of `bits` to hist (65536 bins). Overwrites bits."""
+    hist += torch.bincount(bits.bitwise_right_shift_(HIGH_SHIFT), minlength=1 << 16)
+
+
+def count_low(bits: torch.Tensor, high_bin: int, hist: torch.Tensor) -> None:
+    """Pass 2: add the histogram of the low 15 bits of the entries whose top bits are high_bin (32768 bins)."""
+    lo = high_bin << HIGH_SHIFT
+    inside = bits[(bits >= lo) & (bits <= lo + LOW_BITS)]
+    hist += torch.bincount(inside.bitwise_and_(LOW_BITS), minlength=1 << HIGH_SHIFT)
+
+
+def bits_to_float(high_bin: int, low_bin: int) -> float:
+    return torch.tensor([(high_bin << HIGH_SHIFT) | low_bin], dtype=torch.int32).view(torch.float32).item()
 
 
 def pick_bin(counts: torch.Tensor, k: int) -> tuple[int, int]:
@@ -659,14 +690,12 @@ def kth_largest_abs(chunks: typing.Callable[[], typing.Iterable[torch.Tensor]], 
     called twice). This is the selection rule whole_model_thresholds applies to each model."""
     high = torch.zeros(1 << 16, dtype=torch.int64)
     for x in chunks():
-        high += torch.bincount(abs_bits(x) >> HIGH_SHIFT, minlength=1 << 16)
+        count_high(abs_bits(x.clone()), high)
     b, rank = pick_bin(high, k)
     low = torch.zeros(1 << HIGH_SHIFT, dtype=torch.int64)
     for x in chunks():
-        bits = abs_bits(x)
-        low += torch.bincount(bits[(bits >> HIGH_SHIFT) == b] & LOW_BITS, minlength=1 << HIGH_SHIFT)
-    lo, _ = pick_bin(low, rank)
-    return torch.tensor([(b << HIGH_SHIFT) | lo], dtype=torch.int32).view(torch.float32).item()
+        count_low(abs_bits(x.clone()), b, low)
+    return bits_to_float(b, pick_bin(low, rank)[0])
 
 
 def whole_model_thresholds(base: Checkpoint, experts: list[Checkpoint], names: list[str],
@@ -688,15 +717,10 @@ def whole_model_thresholds(base: Checkpoint, experts: list[Checkpoint], names: l
             for i, e in enumerate(experts):
                 bits = abs_bits(e.read(name, d).sub_(b))
                 if pass_ == 1:
-                    high[i] += torch.bincount(bits >> HIGH_SHIFT, minlength=1 << 16)
+                    count_high(bits, high[i])
                 else:
-                    low[i] += torch.bincount(bits[(bits >> HIGH_SHIFT) == bins[i]] & LOW_BITS,
-                                             minlength=1 << HIGH_SHIFT)
-    out = []
-    for i in range(N):
-        lo, _ = pick_bin(low[i], ranks[i])
-        out.append(torch.tensor([(bins[i] << HIGH_SHIFT) | lo], dtype=torch.int32).view(torch.float32).item())
-    return out
+                    count_low(bits, bins[i], low[i])
+    return [bits_to_float(bins[i], pick_bin(low[i], ranks[i])[0]) for i in range(N)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -806,12 +830,12 @@ def main(cfg: Config) -> dict:
                             e.read(name, D[i]).sub_(b)
                         update, st = merge_tensor(cfg, name, D, a, thresholds)
                         del D
-                        merged = b + update
+                        merged = update.add_(b)
                         del update
-                        result = merged.to(out_dtype[name])
+                        result = merged.to(out_dtype[name])  # merged itself when the dtype is already fp32
                         # How much of the merged update (merged - base, in fp32) the output dtype rounded away.
-                        e2 = float((result.float() - merged).square().sum())
-                        u2 = float((merged - b).square().sum())  # not in place: .to() may return merged itself
+                        e2 = 0.0 if result is merged else float(torch.dist(result.float(), merged)) ** 2
+                        u2 = float(torch.dist(merged, b)) ** 2
                         err_sq, upd_sq = err_sq + e2, upd_sq + u2
                         st.update(numel=b.numel(), update_norm=math.sqrt(u2),
                                   dtype_rel_err=math.sqrt(e2 / u2) if u2 > 0 else (0.0 if e2 == 0 else None))
