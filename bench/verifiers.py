@@ -1,0 +1,92 @@
+"""Benchmark the verifiers: checks per second for each domain, one at a time and through verify_batch.
+
+    python bench/verifiers.py                       # about a minute on 2 cores
+    python bench/verifiers.py --rows 50 --workers 8
+
+Completions are the embedded eval rows' references (score 1.0) and one wrong answer per row (0.0),
+so right and wrong answers are timed alike. Each domain is warmed up first (the math helper
+process, langdetect's profiles, the bubblewrap probe), so the figures are steady-state rates:
+  serial/s   checks per second calling VERIFIERS[domain] in a loop on one thread
+  batch/s    checks per second through verify_batch(workers=--workers)
+Rows measured:
+  math          embedded answers are plain numbers: decided by the string / exact-rational fast path
+  math-verify   the same rows answered as \\boxed{\\frac{2 \\cdot (a)}{2}}, which only math-verify decides
+  code-assert   HumanEval problems: one sandboxed run of program + check() each
+  code-stdio    generated stdin/stdout problems: one sandboxed run per test case
+  science, if   pure Python, microseconds to milliseconds
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import data  # noqa: E402
+from verifiers import VERIFIERS, code, math, verify_batch  # noqa: E402
+
+
+@dataclass
+class Config:
+    """Checks/s of each verifier on this machine."""
+
+    rows: int = 40
+    """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row."""
+    workers: int = 4
+    """verify_batch's pool size."""
+
+
+def wrong_answer(row: dict) -> str:
+    """A completion that scores 0.0 on the row (see tests/test_verifiers.py for the IF rule)."""
+    if row["domain"] == "math":
+        return f"The answer is \\boxed{{{math.as_number(row['answer']) + 1}}}."
+    if row["domain"] == "science":
+        return "Answer: " + ("B" if row["answer"] != "B" else "A")
+    if row["domain"] == "code" and row["tests"]["kind"] == "assert":
+        return f"```python\ndef {row['tests']['entry_point']}(*args, **kwargs):\n    return None\n```"
+    if row["domain"] == "code":
+        return "```python\nprint('wrong')\n```"
+    return "" if "punctuation:no_comma" not in row["instruction_id_list"] else ","
+
+
+def workloads(n: int) -> dict[str, tuple[list[str], list[dict]]]:
+    """name -> (completions, rows): n references then n wrong answers."""
+    code_rows = data.embedded("code", "eval")
+    sets = {
+        "math": data.embedded("math", "eval", n=n),
+        "code-assert": [r for r in code_rows if r["tests"]["kind"] == "assert"][:n],
+        "code-stdio": [r for r in code_rows if r["tests"]["kind"] == "stdio"][:n],
+        "science": data.embedded("science", "eval", n=n),
+        "if": data.embedded("if", "eval", n=n),
+    }
+    loads = {name: ([r["reference"] for r in rows] + [wrong_answer(r) for r in rows], rows + rows)
+             for name, rows in sets.items()}
+    math_rows = sets["math"]
+    loads["math-verify"] = ([f"\\boxed{{\\frac{{2 \\cdot ({r['answer']})}}{{2}}}}" for r in math_rows]
+                            + [f"\\boxed{{\\frac{{2 \\cdot ({r['answer']})}}{{3}}}}" for r in math_rows],
+                            math_rows + math_rows)
+    return {name: loads[name] for name in ["math", "math-verify", "code-assert", "code-stdio", "science", "if"]}
+
+
+def main(cfg: Config) -> None:
+    sandbox = "bubblewrap" if code.bwrap_works() else "rlimits + audit hook (no working bwrap)"
+    print(f"{os.cpu_count()} CPUs, code sandbox: {sandbox}, verify_batch workers={cfg.workers}")
+    print(f"{'workload':<13}{'checks':>8}{'reward':>8}{'serial/s':>11}{'batch/s':>10}")
+    for name, (completions, rows) in workloads(cfg.rows).items():
+        verify = VERIFIERS[rows[0]["domain"]]
+        verify(completions[0], rows[0])  # warm-up: helper processes, profiles, sandbox probe
+        start = time.perf_counter()
+        rewards = [verify(c, r) for c, r in zip(completions, rows)]
+        serial = len(rows) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        batch_rewards = [r["reward"] for r in verify_batch(completions, rows, workers=cfg.workers)]
+        batch = len(rows) / (time.perf_counter() - start)
+        assert batch_rewards == rewards, f"{name}: verify_batch disagrees with the serial loop"
+        print(f"{name:<13}{len(rows):>8}{sum(rewards) / len(rows):>8.2f}{serial:>11.1f}{batch:>10.1f}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Config))
