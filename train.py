@@ -4,6 +4,7 @@ Commands (CPU, offline, the embedded default: a tiny Qwen3 built in code, embedd
     python train.py --domains math --steps 20                    # one expert, one process
     torchrun --nproc_per_node 2 train.py --domains math,code     # the mixed model, 2 processes (gloo)
     torchrun --nproc_per_node 2 train.py --domains math,code --resume   # continue from the last checkpoint
+    python train.py --domains math,code --teachers math=out/math,code=out/code   # MT-OPD from two experts
 One 8-GPU node (NCCL, FSDP2, Liger loss when CUDA is available):
     torchrun --nproc_per_node 8 train.py --preset paper --model PATH_TO_SFT --data blend.jsonl \
         --domains math,code,science,if
@@ -13,16 +14,19 @@ it directly), checkpoints/step_N/ (HF model + trainer_state.pt), metrics.jsonl, 
 How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
 - The default preset is a toy: a random-init 2-layer model and easy embedded problems, so a CPU run learns
   within minutes. `--preset paper` sets the paper's optimisation hyper-parameters.
-- Rollouts here come from HF `generate` on an unsharded copy of the weights (the paper used an inference
-  engine); the SGLang backend slots into `sync_weights` / `rollout`.
+- Rollouts come from HF `generate` on an unsharded copy of the weights (default), or from SGLang colocated
+  on every GPU (--rollout sglang, rollout_sglang.py), the paper's kind of inference engine.
 - The importance weight for the rollout-vs-trainer gap (truncated at `tis_cap`, paper: 2) only applies when
   the rollout backend returns its own log-probabilities; HF rollouts share the trainer's weights, so the gap
   is zero there and the weight is skipped.
+- MT-OPD (--teachers) uses the GRPO loop with the teachers' per-token advantage in place of the group
+  advantage; verifier rewards are still computed, for the logs only.
 - Group std uses the unbiased estimator (torch default); a group whose rewards are all equal gets zero
   advantage either way.
 """
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -135,12 +139,22 @@ class Config:
     """Sequences per forward/backward pass (gradient accumulation below that)."""
     think: bool = True
     """Reward gate: a completion that opens <think> must close it; only the text after it is graded."""
+    teachers: str = ""
+    """Multi-teacher on-policy distillation (MT-OPD): domain=path,... (e.g. math=out/math,code=out/code).
+    Each sample's per-token advantage is log pi_teacher - log pi_student under its own domain's teacher
+    (a reverse-KL reward); empty: GRPO with verifier rewards. Paper: clip 0.2/0.2, 256 prompts x 4, lr 1e-6."""
 
     # System
-    rollout: Literal["hf"] = "hf"
-    """Rollout backend: HF generate on an unsharded copy of the weights."""
-    liger: bool = False
-    """Use Liger's fused linear GRPO loss (chunked, no full logits); GPU only, needs liger-kernel."""
+    rollout: Literal["hf", "sglang"] = "hf"
+    """Rollout backend: HF generate on an unsharded copy of the weights, or one SGLang engine per GPU,
+    colocated with the trainer (CUDA only; rollout_sglang.py, requirements-gpu.txt)."""
+    sglang_mem_fraction: float = 0.5
+    """SGLang's share of each GPU's memory (its weights + KV cache) while it generates."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block's activations in backward (less memory for long completions)."""
+    liger: bool = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    """Liger kernels: the fused linear GRPO loss (chunked, no full logits) and fused RMSNorm/SwiGLU/RoPE.
+    Default: on when CUDA and liger-kernel are present."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Optional experiment tracker (metrics.jsonl is always written)."""
     log_samples: int = 4
@@ -157,6 +171,9 @@ class Config:
         assert self.group_size >= 2, "GRPO needs at least 2 completions per prompt"
         assert self.prompts_per_step >= 1 and self.minibatches >= 1 and self.micro_batch >= 1
         assert 0 <= self.clip_low < 1 and self.clip_high >= 0
+        missing = [d for d in self.domains if self.teachers and d not in teacher_paths(self.teachers)]
+        if missing:
+            raise ValueError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
 
 
 PRESETS = {
@@ -164,8 +181,22 @@ PRESETS = {
     # The paper's optimisation settings; --model and --data must point at the real checkpoint and blend.
     # max_new_tokens is our choice for a 4B thinking model, not a number taken from the paper.
     "paper": Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6,
-                    weight_decay=0.1, micro_batch=8, save_every=50, steps=500, liger=torch.cuda.is_available()),
+                    weight_decay=0.1, micro_batch=8, save_every=50, steps=500),
+    # The paper's MT-OPD settings; add --teachers and the same --model / --data as above.
+    "paper-opd": Config(preset="paper-opd", prompts_per_step=256, group_size=4, max_new_tokens=8192, lr=1e-6,
+                        clip_high=0.2, weight_decay=0.1, micro_batch=8, save_every=50, steps=500),
 }
+
+
+def teacher_paths(spec: str) -> dict[str, str]:
+    """"math=out/math,code=out/code" -> {"math": "out/math", "code": "out/code"}."""
+    out = {}
+    for part in filter(None, spec.split(",")):
+        domain, sep, path = part.partition("=")
+        if not sep or not path or domain not in VERIFIERS:
+            raise ValueError(f"--teachers {part!r}: expected DOMAIN=PATH with DOMAIN in {', '.join(VERIFIERS)}")
+        out[domain] = path
+    return out
 
 
 def cli(argv: list[str]) -> Config:
@@ -274,7 +305,7 @@ def batch_for_step(pools: dict[str, list[dict]], weights, step: int, n: int, see
 
 # ----------------------------------------------------------------------------- rollout
 
-def sync_weights(model: torch.nn.Module, engine: torch.nn.Module) -> None:
+def sync_weights(model: torch.nn.Module, engine) -> None:
     """Copy the trainer's (possibly sharded) weights into the rollout engine, one tensor at a time.
     HF backend: the engine is an unsharded copy of the model; each DTensor is all-gathered on its own,
     so peak extra memory is one full tensor."""
@@ -285,14 +316,26 @@ def sync_weights(model: torch.nn.Module, engine: torch.nn.Module) -> None:
             p_e.copy_(full.to(p_e.dtype))
 
 
-def rollout(engine, tokenizer, rows: list[dict], cfg: Config, seed: int) -> list[dict]:
-    """group_size completions per row, prompt-major. Each sample: prompt_ids, completion_ids, text,
-    truncated, and rollout_logp (list[float] or None when the backend shares the trainer's weights)."""
+def rollout(policy, engine, tokenizer, rows: list[dict], cfg: Config, seed: int) -> tuple[list[dict], float]:
+    """Push the current weights to the engine, then group_size completions per row, prompt-major. Each
+    sample: prompt_ids, completion_ids, text, truncated, and rollout_logp (list[float], or None when the
+    backend shares the trainer's weights). Returns the samples and the seconds the weight push took."""
+    if cfg.rollout == "sglang":   # sync, generate, release: the engine holds no memory when training starts
+        import rollout_sglang
+        prompt_ids = [tokenizer(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                                add_special_tokens=False)["input_ids"] for r in rows]
+        samples, stats = rollout_sglang.rollout_step(
+            policy, engine, prompt_ids, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, stop_ids=[tokenizer.eos_token_id], tokenizer=tokenizer)
+        return samples, stats["sync_s"]
+    t0 = time.time()
+    sync_weights(policy, engine)
+    t1 = time.time()
     samples = modeling.generate(engine, tokenizer, [r["prompt"] for r in rows], n=cfg.group_size,
                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     for s in samples:
         s.setdefault("rollout_logp", None)
-    return samples
+    return samples, t1 - t0
 
 
 # ----------------------------------------------------------------------------- GRPO math
@@ -310,6 +353,14 @@ def token_logprobs(hidden, weight, targets, temperature: float = 1.0):
     """log pi(target) from final hidden states: (B, T, H), (V, H), (B, T) -> (B, T)."""
     logits = (hidden @ weight.T).float() / temperature      # (B, T, V)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def teacher_advantage(teacher_logps: torch.Tensor, which: torch.Tensor, student_logp: torch.Tensor):
+    """MT-OPD per-token advantage: log pi_teacher - log pi_student, each sample under its own domain's
+    teacher. teacher_logps (N_teachers, B, T), which (B,) teacher index per sample, student_logp (B, T)
+    -> (B, T). Its mean over the student's samples estimates -KL(student || teacher)."""
+    own = teacher_logps[which, torch.arange(which.shape[0])]   # (B, T)
+    return own - student_logp.detach()                          # (B, T)
 
 
 def k3_kl(logp, ref_logp):
@@ -405,13 +456,18 @@ def per_token(values: list[float] | None, length: int, offset: int, L: int) -> l
     return row
 
 
+TOTALS = ("loss", "clip_frac", "entropy", "kl", "tokens", "teacher_kl")   # what train_on sums per step
+
+
 def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id: int, device,
-             denom: float, n_micro: int, ref_model=None, old_logps: list | None = None) -> dict:
+             denom: float, n_micro: int, ref_model=None, old_logps: list | None = None,
+             teachers: dict | None = None) -> dict:
     """Forward/backward over samples in n_micro micro-batches (every rank runs the same count, padding
     with zero-weight passes, since FSDP's collectives must match); gradients accumulate.
+    With teachers ({domain: model}) the per-token MT-OPD advantage replaces adv.
     Returns this rank's share of the loss, and stats numerators with the token count they divide by."""
-    loss_fn = policy_loss_liger if cfg.liger else policy_loss_torch
-    totals = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "tokens": 0.0}
+    loss_fn = policy_loss_liger if cfg.liger and not teachers else policy_loss_torch  # Liger: adv per sequence only
+    totals = dict.fromkeys(TOTALS, 0.0)
     size = max(1, math.ceil(len(samples) / n_micro))
     for m in range(n_micro):
         chunk = samples[m * size: (m + 1) * size]
@@ -432,6 +488,10 @@ def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id:
                 h_ref, w_ref = final_hidden(ref_model, ids, attn)
                 ref_logp = token_logprobs(h_ref, w_ref, targets, cfg.temperature)
         hidden, weight = final_hidden(model, ids, attn)
+        if teachers:
+            student = old if old is not None else token_logprobs(hidden.detach(), weight.detach(), targets, cfg.temperature)
+            a = teacher_logp_advantage(teachers, chunk, ids, attn, targets, student, cfg, device) * mask
+            totals["teacher_kl"] -= float((a * mask).sum()) * weight_scale
         is_w = None
         if cfg.tis_cap > 0 and chunk[0].get("rollout_logp") is not None:
             # truncated importance weight min(pi_trainer / pi_rollout, cap), from the pre-update log-probs
@@ -452,6 +512,23 @@ def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id:
     return totals
 
 
+def teacher_logp_advantage(teachers: dict, chunk: list[dict], ids, attn, targets, student_logp, cfg: Config, device):
+    """Score a micro-batch with its domains' teachers; (B, T) advantage. Teachers are FSDP-sharded like the
+    student, so every rank must run the same teachers: those whose domain any rank has in this micro-batch."""
+    names = list(teachers)
+    which = torch.tensor([names.index(s.get("domain", names[0])) for s in chunk], device=device)
+    present = torch.zeros(len(names), device=device)
+    present[which] = 1.0
+    if dist.is_initialized():
+        dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    logps = torch.zeros((len(names),) + tuple(targets.shape), device=device)
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            if present[i]:
+                logps[i] = token_logprobs(*final_hidden(teachers[name], ids, attn), targets, cfg.temperature)
+    return teacher_advantage(logps, which, student_logp)
+
+
 def _dummy_sample(pad_id: int) -> dict:
     return {"prompt_ids": [pad_id], "completion_ids": [pad_id], "truncated": False, "rollout_logp": None}
 
@@ -463,6 +540,71 @@ def loss_denominator(samples: list[dict], cfg: Config, device) -> float:
     else:
         n = len(samples)
     return max(1.0, float(all_sum(torch.tensor([float(n)], device=device)).item()))
+
+
+def update(policy, optimizer, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id: int, device,
+           ref_model=None, teachers=None) -> tuple[dict, list[float], bool]:
+    """cfg.minibatches optimizer steps on one rollout batch. Returns the stats totals, the gradient norm of
+    each step, and whether a step was skipped for a non-finite gradient (same decision on every rank)."""
+    parts = max(1, cfg.minibatches)
+    per_part = math.ceil(len(samples) / parts) if samples else 0
+    old_logps = None
+    if cfg.minibatches > 1 and samples:  # log-probs before any update, for the clip ratio
+        old_logps = _logps(policy, samples, cfg, pad_id, device)
+    totals, grad_norms, skipped = dict.fromkeys(TOTALS, 0.0), [], False
+    for part in range(parts):
+        sl = slice(part * per_part, (part + 1) * per_part)
+        n_micro = all_max(max(1, math.ceil(len(samples[sl]) / cfg.micro_batch)), device)
+        out = train_on(policy, samples[sl], adv[sl], cfg, pad_id, device, loss_denominator(samples[sl], cfg, device),
+                       n_micro, ref_model, old_logps[sl] if old_logps is not None else None, teachers)
+        for k in totals:
+            totals[k] += out[k]
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+        if math.isfinite(grad_norms[-1]):   # the norm is global, so every rank decides the same
+            optimizer.step()
+        skipped |= not math.isfinite(grad_norms[-1])
+        optimizer.zero_grad(set_to_none=True)
+    return totals, grad_norms, skipped
+
+
+def _logps(model, samples, cfg: Config, pad_id: int, device) -> list[torch.Tensor]:
+    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(samples), cfg.micro_batch):
+            chunk = samples[i: i + cfg.micro_batch]
+            ids, attn, targets, _ = pack(chunk, pad_id, device)
+            lp = token_logprobs(*final_hidden(model, ids, attn), targets, cfg.temperature)
+            out += [lp[j, : len(s["prompt_ids"]) + len(s["completion_ids"]) - 1] for j, s in enumerate(chunk)]
+    return out
+
+
+def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: Config, device) -> dict:
+    """One step's figures, summed over ranks: reward, accuracy and length per domain and overall, the
+    zero-variance group fraction, verifier errors, and the loss stats per trained token."""
+    D = len(cfg.domains)
+    per = torch.zeros(D + 1, 5, dtype=torch.float64)   # rows: each domain, then all; columns below
+    for s, r, x, rw in zip(samples, srows, results, reward.tolist()):
+        row = torch.tensor([1.0, rw, float(x["reward"] >= 1), len(s["completion_ids"]), float(s["truncated"])],
+                           dtype=torch.float64)        # n, reward, acc, len, truncated
+        per[cfg.domains.index(r["domain"])] += row
+        per[D] += row
+    extra = [float(zero_var.sum()), float(len(zero_var)), sum(x["error"] is not None for x in results)]
+    flat = all_sum(torch.cat([per.flatten(), torch.tensor(extra + [totals[k] for k in TOTALS], dtype=torch.float64)])
+                   .to(device)).cpu()
+    per, (n_zero, n_groups, n_err, *tot) = flat[: per.numel()].view(D + 1, 5).tolist(), flat[per.numel():].tolist()
+    tot = dict(zip(TOTALS, tot))
+    out = {}
+    for d, (n, rw, acc, length, _) in zip(cfg.domains, per):
+        if n:
+            out.update({f"reward/{d}": rw / n, f"acc/{d}": acc / n, f"len/{d}": length / n})
+    n, rw, _, length, trunc = per[D]
+    tokens = max(tot["tokens"], 1.0)
+    return {"reward": rw / max(n, 1), **out, "truncated": trunc / max(n, 1), "zero_var_frac": n_zero / max(n_groups, 1),
+            "reward_errors": n_err, "loss": tot["loss"], "clip_frac": tot["clip_frac"] / tokens,
+            "entropy": tot["entropy"] / tokens, "kl": tot["kl"] / tokens, "teacher_kl": tot["teacher_kl"] / tokens,
+            "completion_tokens": length}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -526,8 +668,9 @@ def truncate_jsonl(path: str, last_step: int) -> None:
 # ----------------------------------------------------------------------------- main
 
 def main(cfg: Config) -> None:
-    # --- dist init: torchrun sets RANK/WORLD_SIZE; a plain `python train.py` is one unsharded process
-    distributed = "RANK" in os.environ
+    # --- dist init: torchrun sets RANK/WORLD_SIZE; a plain `python train.py` on CPU is one unsharded
+    # process, on a GPU a one-process group, so FSDP2's bf16 mixed precision applies there too
+    distributed = "RANK" in os.environ or torch.cuda.is_available()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -535,8 +678,10 @@ def main(cfg: Config) -> None:
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:  # share the cores: else every rank starts one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    if distributed:
+    if "RANK" in os.environ:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    elif distributed:
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     if cfg.prompts_per_step % world:
@@ -562,19 +707,36 @@ def main(cfg: Config) -> None:
         if ckpt else {"step": 0, "elapsed_s": 0.0, "device_s": 0.0}
     tokenizer = modeling.load_tokenizer(ckpt or cfg.model)
     torch.manual_seed(cfg.seed)
-    policy = modeling.load_model(ckpt or cfg.model)
-    template = copy.deepcopy(policy) if master else None   # unsharded CPU copy used to write HF checkpoints
-    engine = copy.deepcopy(policy).to(device).eval()        # rollout engine (HF backend)
+    attn = None
     if device.type == "cuda":
-        engine.to(torch.bfloat16)
+        attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+        if cfg.liger:   # fused RMSNorm, SwiGLU and RoPE kernels, patched into the HF Qwen3 classes
+            from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+            apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                        fused_linear_cross_entropy=False)
+    policy = modeling.load_model(ckpt or cfg.model, attn_implementation=attn)
+    template = copy.deepcopy(policy) if master else None   # unsharded CPU copy used to write HF checkpoints
+    if cfg.rollout == "sglang":   # before the trainer takes the GPU: SGLang sizes its KV cache from free memory
+        if device.type != "cuda":
+            raise SystemExit("--rollout sglang needs CUDA; use --rollout hf")
+        import rollout_sglang
+        engine = rollout_sglang.make_engine(policy, local_rank=local_rank, mem_fraction=cfg.sglang_mem_fraction,
+                                            seed=cfg.seed + rank)
+    else:   # HF backend: an unsharded copy of the weights, bf16 on GPU
+        engine = copy.deepcopy(policy).to(device, torch.bfloat16 if device.type == "cuda" else None).eval()
     ref_model = None
     if cfg.kl_coef > 0:  # the reference is always the starting model, also after a resume
         ref_model = modeling.load_model(cfg.model).to(device).eval().requires_grad_(False)
+    # MT-OPD teachers: loaded once, frozen, sharded like the student
+    teachers = {d: modeling.load_model(p).to(device).eval().requires_grad_(False)
+                for d, p in teacher_paths(cfg.teachers).items()}
     policy.to(device).train()
+    if cfg.activation_checkpointing:
+        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if distributed:
         policy = shard(policy, device)
-        if ref_model is not None:
-            ref_model = shard(ref_model, device)
+        ref_model = shard(ref_model, device) if ref_model is not None else None
+        teachers = {d: shard(t, device) for d, t in teachers.items()}
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     if ckpt:
@@ -610,13 +772,14 @@ def main(cfg: Config) -> None:
         t0 = time.time()
         # --- rollout: every rank takes its slice of the step's prompts; a prompt's group stays on one rank
         batch = batch_for_step(pools, weights, step, cfg.prompts_per_step, cfg.seed)[rank::world]
-        sync_weights(policy, engine)
-        t1 = time.time()
-        samples = rollout(engine, tokenizer, batch, cfg, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
+        samples, sync_s = rollout(policy, engine, tokenizer, batch, cfg, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
         t2 = time.time()
+        t1 = t0 + sync_s
 
         # --- reward: binary verifier score; the only shaping is the optional overlong penalty
         srows = [r for r in batch for _ in range(cfg.group_size)]
+        for s, r in zip(samples, srows):
+            s["domain"] = r["domain"]   # picks the MT-OPD teacher
         results = verify_batch([s["text"] for s in samples], srows, think=cfg.think, workers=cfg.reward_workers)
         score = torch.tensor([x["reward"] for x in results])
         truncated = torch.tensor([float(s["truncated"]) for s in samples])
@@ -626,68 +789,21 @@ def main(cfg: Config) -> None:
 
         # --- loss and update
         zero_var = reward.view(-1, cfg.group_size).std(dim=1) == 0          # (P,)
-        keep = ~zero_var.repeat_interleave(cfg.group_size) if cfg.filter_zero_var else torch.ones(len(samples), dtype=torch.bool)
-        train_samples = [s for s, k in zip(samples, keep) if k]
-        train_adv = adv[keep]
-        parts = max(1, cfg.minibatches)
-        per_part = math.ceil(len(train_samples) / parts) if train_samples else 0
-        old_logps = None
-        if cfg.minibatches > 1 and train_samples:  # log-probs before any update, for the clip ratio
-            old_logps = _logps(policy, train_samples, cfg, tokenizer.pad_token_id, device)
-        totals = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "tokens": 0.0}
-        grad_norms, skipped = [], False
-        for part in range(parts):
-            sub = train_samples[part * per_part: (part + 1) * per_part]
-            denom = loss_denominator(sub, cfg, device)
-            n_micro = all_max(max(1, math.ceil(len(sub) / cfg.micro_batch)), device)
-            sub_old = old_logps[part * per_part: (part + 1) * per_part] if old_logps is not None else None
-            out = train_on(policy, sub, train_adv[part * per_part: (part + 1) * per_part], cfg,
-                           tokenizer.pad_token_id, device, denom, n_micro, ref_model, sub_old)
-            for k in totals:
-                totals[k] += out[k]
-            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            grad_norms.append(norm)
-            if not math.isfinite(norm):   # same decision on every rank: the norm is global
-                optimizer.zero_grad(set_to_none=True)
-                skipped = True
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        keep = ~zero_var.repeat_interleave(cfg.group_size) if cfg.filter_zero_var and not teachers \
+            else torch.ones(len(samples), dtype=torch.bool)
+        totals, grad_norms, skipped = update(policy, optimizer, [s for s, k in zip(samples, keep) if k], adv[keep],
+                                             cfg, tokenizer.pad_token_id, device, ref_model, teachers)
         bad_steps = bad_steps + 1 if skipped else 0
         t4 = time.time()
 
         # --- metrics, summed over ranks
-        lengths = torch.tensor([float(len(s["completion_ids"])) for s in samples])
-        sums = {"n": torch.ones(len(samples)), "reward": reward, "acc": (score >= 1).float(), "len": lengths,
-                "truncated": truncated}
-        vec = [float(len(samples)), float(zero_var.sum()), float(len(zero_var)),
-               sum(x["error"] is not None for x in results), float(lengths.sum())]
-        for d in cfg.domains:
-            sel = torch.tensor([r["domain"] == d for r in srows], dtype=torch.bool)
-            vec += [float(v[sel].sum()) for v in sums.values()]
-        tot = all_sum(torch.tensor(vec, dtype=torch.float64, device=device)).cpu().tolist()
-        comp = all_sum(torch.tensor([totals[k] for k in ("loss", "clip_frac", "entropy", "kl", "tokens")],
-                                    dtype=torch.float64, device=device)).cpu().tolist()
-        n_all, n_zero, n_groups, n_err, n_tok = tot[:5]
         state.update(step=step + 1, elapsed_s=state["elapsed_s"] + (t4 - t0),
                      device_s=state["device_s"] + (t4 - t0) * world)
-        metrics = {"step": step + 1, "time": round(state["elapsed_s"], 3)}
-        per = {}
-        for i, d in enumerate(cfg.domains):
-            n_d, r_d, a_d, l_d, tr_d = tot[5 + 5 * i: 10 + 5 * i]
-            if n_d:
-                per.update({f"reward/{d}": r_d / n_d, f"acc/{d}": a_d / n_d, f"len/{d}": l_d / n_d})
-        metrics["reward"] = sum(tot[6 + 5 * i] for i in range(len(cfg.domains))) / max(n_all, 1)
-        metrics.update(per)
-        trained_tokens = max(comp[4], 1)
-        metrics.update({
-            "truncated": sum(tot[9 + 5 * i] for i in range(len(cfg.domains))) / max(n_all, 1),
-            "zero_var_frac": n_zero / max(n_groups, 1), "reward_errors": n_err,
-            "loss": comp[0], "clip_frac": comp[1] / trained_tokens, "entropy": comp[2] / trained_tokens,
-            "kl": comp[3] / trained_tokens, "grad_norm": float(np.mean(grad_norms)), "skipped": skipped,
-            "time/sync": t1 - t0, "time/rollout": t2 - t1, "time/reward": t3 - t2, "time/train": t4 - t3,
-            "tokens_per_s": n_tok / max(t4 - t0, 1e-9)})
+        metrics = {"step": step + 1, "time": round(state["elapsed_s"], 3),
+                   **step_metrics(samples, srows, results, reward, zero_var, totals, cfg, device),
+                   "grad_norm": float(np.mean(grad_norms)), "skipped": skipped,
+                   "time/sync": t1 - t0, "time/rollout": t2 - t1, "time/reward": t3 - t2, "time/train": t4 - t3}
+        metrics["tokens_per_s"] = metrics.pop("completion_tokens") / max(t4 - t0, 1e-9)
         if master:
             with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -702,27 +818,16 @@ def main(cfg: Config) -> None:
                 else:
                     for k, v in metrics.items():
                         tracker.add_scalar(k, float(v), step + 1)
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", **{d: f"{per.get(f'reward/{d}', 0):.2f}" for d in cfg.domains})
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", **{d: f"{metrics.get(f'reward/{d}', 0):.2f}" for d in cfg.domains})
         if bad_steps >= cfg.max_bad_steps:
             raise SystemExit(f"step {step + 1}: {bad_steps} steps in a row had a non-finite loss or gradient; "
                              f"stopping (lower --lr, check the data, or resume from {latest_checkpoint(run_dir)})")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(run_dir, step + 1, policy, optimizer, tokenizer, template, state, rank,
                             cfg.keep_checkpoints)
+    if cfg.rollout == "sglang":
+        engine.shutdown()
     _finish(run_dir, cfg, state, world, device, master, t_run)
-
-
-def _logps(model, samples, cfg: Config, pad_id: int, device) -> list[torch.Tensor]:
-    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(samples), cfg.micro_batch):
-            chunk = samples[i: i + cfg.micro_batch]
-            ids, attn, targets, _ = pack(chunk, pad_id, device)
-            hidden, weight = final_hidden(model, ids, attn)
-            lp = token_logprobs(hidden, weight, targets, cfg.temperature)
-            out += [lp[j, : len(s["prompt_ids"]) + len(s["completion_ids"]) - 1] for j, s in enumerate(chunk)]
-    return out
 
 
 def _finish(run_dir, cfg, state, world, device, master, t_run):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import model
 import train
 from train import Config, group_advantages, k3_kl, masked_reduce, pack, policy_loss_torch, token_logprobs
 
@@ -150,3 +151,50 @@ def test_liger_matches_torch():
         assert torch.allclose(gw1, gw2, atol=1e-5), norm
         assert c1.item() == pytest.approx(c2.item(), abs=1e-4)
         assert k1.item() == pytest.approx(k2.item(), abs=1e-4)
+
+
+# --- MT-OPD
+
+def test_teacher_advantage_picks_each_samples_teacher():
+    t = torch.tensor([[[-1.0, -2.0], [-3.0, -4.0]],     # teacher 0: rows of samples 0 and 1
+                      [[-0.5, -0.5], [-0.25, -0.75]]])  # teacher 1
+    student = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]], requires_grad=True)
+    adv = train.teacher_advantage(t, torch.tensor([1, 0]), student)
+    # sample 0 under teacher 1, sample 1 under teacher 0, minus the student's log-probs
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5], [-2.0, -3.0]]))
+    assert not adv.requires_grad  # an advantage, not a path for gradients
+
+
+def test_teacher_equal_to_student_gives_zero_advantage():
+    torch.manual_seed(0)
+    net = model.load_model("tiny").eval()
+    other = model.load_model("tiny", seed=1).eval()
+    samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2], "domain": "math"},
+               {"prompt_ids": [5, 6], "completion_ids": [10, 2], "domain": "code"}]
+    ids, attn, targets, mask = train.pack(samples, 0, "cpu")
+    cfg = train.Config()
+    with torch.no_grad():
+        student = train.token_logprobs(*train.final_hidden(net, ids, attn), targets)
+    same = train.teacher_logp_advantage({"math": net, "code": net}, samples, ids, attn, targets, student, cfg, "cpu")
+    assert torch.equal(same * mask, torch.zeros_like(mask))
+    # a different teacher for one domain changes only that domain's samples
+    mixed = train.teacher_logp_advantage({"math": net, "code": other}, samples, ids, attn, targets, student, cfg,
+                                         "cpu")
+    assert torch.equal(mixed[0] * mask[0], torch.zeros_like(mask[0]))
+    assert (mixed[1] * mask[1]).abs().sum() > 0.01
+
+
+def test_activation_checkpointing_leaves_gradients_unchanged():
+    samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2]}, {"prompt_ids": [5, 6], "completion_ids": [10, 2]}]
+    grads = []
+    for ckpt in (False, True):
+        net = model.load_model("tiny").train()
+        if ckpt:
+            net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            assert net.is_activation_checkpointing
+        train.train_on(net, samples, torch.tensor([1.0, -0.5]), cfg(), 0, "cpu", denom=5.0, n_micro=2)
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
+        assert grads[0][n].abs().max() > 0, n

@@ -183,3 +183,54 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     for k, v in start.state_dict().items():
         if k in saved:
             torch.testing.assert_close(saved[k], v)
+
+
+def test_mt_opd_learns_a_planted_teacher_preference(tmp_path):
+    """A teacher nudged to answer every math prompt with "5" (p(5) from 0.001 to about 0.2): distilling it
+    on-policy brings the student's reverse KL to it down (measured: 0.65 -> 0.21 in 30 steps) and raises
+    the student's p(5) from 0.001 (measured: to 0.07)."""
+    import data
+    import model as modeling
+    torch.manual_seed(0)
+    tok, teacher = modeling.load_tokenizer("tiny"), modeling.load_model("tiny")
+    rows = data.load("embedded", ["math"], "train", difficulty=0)[:32]
+    prompts = [tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False))["input_ids"]
+               for r in rows]
+    five = tok("5")["input_ids"]
+    ids, attn, targets, mask = train.pack([{"prompt_ids": p, "completion_ids": five + [tok.eos_token_id]}
+                                           for p in prompts], tok.pad_token_id, "cpu")
+
+    def p_five(net):   # mean over prompts of p("5" as the first completion token)
+        with torch.no_grad():
+            lp = train.token_logprobs(*train.final_hidden(net, ids, attn), targets)
+        first = torch.tensor([len(p) - 1 for p in prompts])
+        return lp[torch.arange(len(prompts)), first].exp().mean().item()
+
+    p_start = p_five(teacher)
+    opt = torch.optim.Adam(teacher.parameters(), lr=3e-3)
+    for _ in range(200):   # supervised on (5, eos), stopped early so the student still samples the rest
+        loss = -(train.token_logprobs(*train.final_hidden(teacher, ids, attn), targets) * mask).sum() / mask.sum()
+        if loss.item() < 1.5:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert p_five(teacher) > 50 * p_start
+    modeling.save_pretrained(teacher, tok, str(tmp_path / "teacher"))
+
+    r = run([sys.executable, "train.py", "--domains", "math", "--teachers", f"math={tmp_path / 'teacher'}",
+             "--steps", "30", "--save-every", "30", "--out-dir", str(tmp_path), "--run-name", "opd"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = metrics(tmp_path / "opd")
+    first = sum(x["teacher_kl"] for x in m[:3]) / 3
+    last = sum(x["teacher_kl"] for x in m[-3:]) / 3
+    assert last < 0.6 * first, (first, last)
+    assert p_five(modeling.load_model(str(tmp_path / "opd"))) > 10 * p_start
+
+
+def test_teachers_must_cover_every_domain():
+    with pytest.raises(ValueError, match="no teacher for domain"):
+        train.Config(domains=("math", "code"), teachers="math=out/math")
+    with pytest.raises(ValueError, match="DOMAIN=PATH"):
+        train.Config(domains=("math",), teachers="chess=out/x")
+    assert train.teacher_paths("math=out/m,code=out/c") == {"math": "out/m", "code": "out/c"}
