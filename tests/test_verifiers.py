@@ -226,6 +226,17 @@ def test_code_malformed(completion, row, error):
     assert result["reward"] == 0.0 and error in result["error"]
 
 
+def test_program_that_does_not_compile_skips_the_sandbox(monkeypatch):
+    def no_sandbox(*a, **k):
+        raise AssertionError("the sandbox ran")
+    monkeypatch.setattr(code, "run_sandboxed", no_sandbox)
+    for text in ("a, b = input().split(", "s2B2 x", "(" * 1000):
+        result = code.score(text, {"tests": ADD})
+        assert result["reward"] == 0.0 and result["error"].startswith("does not compile"), text
+    with pytest.raises(AssertionError, match="the sandbox ran"):   # a program that compiles still runs
+        code.score("print(3)", {"tests": ADD})
+
+
 def test_normalize_output():
     assert code.normalize_output("a  \r\nb\t\n\n\n") == code.normalize_output("a\nb") == "a\nb"
     assert code.normalize_output(" a") != code.normalize_output("a")  # leading spaces matter

@@ -375,6 +375,10 @@ def score(completion: str, row: dict, *, think: bool = True, timeout_s: float = 
     program = extract_program(text)
     if not program.strip():
         return result(0.0, "empty program", passed=0, total=total)
+    try:  # compiling runs nothing; a program that does not compile would fail every test, so skip the sandbox
+        compile(program, "prog.py", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+        return result(0.0, f"does not compile: {type(e).__name__}", passed=0, total=total)
     try:
         return _run_tests(program, tests, total, dict(timeout_s=timeout_s, memory_mb=memory_mb, use_bwrap=use_bwrap))
     except OSError as e:  # the sandbox could not be set up (e.g. out of file descriptors)
