@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 
 from verifiers.common import UNCLOSED_THINK, result, strip_think
 
@@ -361,6 +362,12 @@ def _tests_error(tests) -> str | None:
     return f"unknown tests kind {tests.get('kind')!r} (expected 'stdio' or 'assert')"
 
 
+# The compile precheck's SyntaxWarnings ("invalid decimal literal" ...) would print to stderr on every
+# malformed completion; they are silenced for this file name only.
+_PRECHECK_NAME = "<m2rl completion>"
+warnings.filterwarnings("ignore", category=SyntaxWarning, module=re.escape(_PRECHECK_NAME))
+
+
 def score(completion: str, row: dict, *, think: bool = True, timeout_s: float = 5.0,
           memory_mb: int = 1024, use_bwrap: bool | None = None) -> dict:
     """{"reward", "error", "passed", "total"}: reward 1.0 only if every test in row["tests"] passes."""
@@ -376,7 +383,7 @@ def score(completion: str, row: dict, *, think: bool = True, timeout_s: float = 
     if not program.strip():
         return result(0.0, "empty program", passed=0, total=total)
     try:  # compiling runs nothing; a program that does not compile would fail every test, so skip the sandbox
-        compile(program, "prog.py", "exec")
+        compile(program, _PRECHECK_NAME, "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
         return result(0.0, f"does not compile: {type(e).__name__}", passed=0, total=total)
     try:
