@@ -26,6 +26,7 @@ How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
 """
 
 import copy
+import faulthandler
 import importlib.util
 import json
 import math
@@ -118,9 +119,11 @@ class Config:
     """Lower ratio clip epsilon (paper: 0.2)."""
     clip_high: float = 0.28
     """Upper ratio clip epsilon, DAPO's clip-higher (paper: 0.28)."""
-    loss_norm: Literal["token", "sequence", "constant"] = "token"
-    """Loss reduction: mean over all completion tokens of the batch (DAPO), mean of per-sequence means
-    (original GRPO), or sum divided by sequences x max_new_tokens (Dr.GRPO)."""
+    loss_norm: Literal["token", "sequence", "constant"] = "sequence"
+    """Loss reduction: "token", the mean over all completion tokens of the batch (DAPO; our choice for the
+    paper presets); "sequence", the mean of per-sequence means (original GRPO; the tiny default, since with
+    token means long wrong completions outweigh short right ones and a tiny mixed run fell back to zero
+    reward); "constant", the sum over sequences x max_new_tokens (Dr.GRPO)."""
     scale_std: bool = True
     """Divide group advantages by the group std; --no-scale-std is Dr.GRPO."""
     filter_zero_var: bool = False
@@ -181,10 +184,11 @@ PRESETS = {
     # The paper's optimisation settings; --model and --data must point at the real checkpoint and blend.
     # max_new_tokens is our choice for a 4B thinking model, not a number taken from the paper.
     "paper": Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6,
-                    weight_decay=0.1, micro_batch=8, save_every=50, steps=500),
+                    weight_decay=0.1, micro_batch=8, save_every=50, steps=500, loss_norm="token"),
     # The paper's MT-OPD settings; add --teachers and the same --model / --data as above.
     "paper-opd": Config(preset="paper-opd", prompts_per_step=256, group_size=4, max_new_tokens=8192, lr=1e-6,
-                        clip_high=0.2, weight_decay=0.1, micro_batch=8, save_every=50, steps=500),
+                        clip_high=0.2, weight_decay=0.1, micro_batch=8, save_every=50, steps=500,
+                        loss_norm="token"),
 }
 
 
@@ -668,6 +672,7 @@ def truncate_jsonl(path: str, last_step: int) -> None:
 # ----------------------------------------------------------------------------- main
 
 def main(cfg: Config) -> None:
+    faulthandler.enable()   # a rank that dies in C code (e.g. a collective) still prints its Python stack
     # --- dist init: torchrun sets RANK/WORLD_SIZE; a plain `python train.py` on CPU is one unsharded
     # process, on a GPU a one-process group, so FSDP2's bf16 mixed precision applies there too
     distributed = "RANK" in os.environ or torch.cuda.is_available()

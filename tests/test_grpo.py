@@ -11,7 +11,7 @@ from train import Config, group_advantages, k3_kl, masked_reduce, pack, policy_l
 
 
 def cfg(**kw):
-    base = dict(domains=("math",), clip_low=0.2, clip_high=0.28, temperature=1.0, max_new_tokens=4)
+    base = dict(domains=("math",), clip_low=0.2, clip_high=0.28, temperature=1.0, max_new_tokens=4, loss_norm="token")
     return Config(**{**base, **kw})
 
 
