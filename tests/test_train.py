@@ -234,3 +234,9 @@ def test_teachers_must_cover_every_domain():
     with pytest.raises(ValueError, match="DOMAIN=PATH"):
         train.Config(domains=("math",), teachers="chess=out/x")
     assert train.teacher_paths("math=out/m,code=out/c") == {"math": "out/m", "code": "out/c"}
+
+
+def test_sglang_rollout_without_cuda_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--rollout sglang needs CUDA"):
+        train.main(train.Config(domains=("math",), rollout="sglang", out_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())   # nothing written
