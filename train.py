@@ -203,8 +203,10 @@ def teacher_paths(spec: str) -> dict[str, str]:
     return out
 
 
-def cli(argv: list[str]) -> Config:
-    """`--preset NAME` picks the defaults; the remaining flags override them."""
+def cli(argv: list[str], config=Config, presets: dict | None = None):
+    """`--preset NAME` picks the defaults; the remaining flags override them. experiment.py reuses it
+    with its own Config and presets."""
+    presets = PRESETS if presets is None else presets
     preset = "tiny"
     for i, a in enumerate(argv):
         if a == "--preset" and i + 1 < len(argv):
@@ -213,9 +215,9 @@ def cli(argv: list[str]) -> Config:
         if a.startswith("--preset="):
             preset, argv = a.split("=", 1)[1], argv[:i] + argv[i + 1:]
             break
-    if preset not in PRESETS:
-        raise SystemExit(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    return tyro.cli(Config, default=PRESETS[preset], args=argv,
+    if preset not in presets:
+        raise SystemExit(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
+    return tyro.cli(config, default=presets[preset], args=argv,
                     console_outputs=int(os.environ.get("RANK", 0)) == 0)
 
 
