@@ -22,13 +22,16 @@ its random projections fast, or --proj-seeds (an empty list) to skip them.
 
 How `report` finds things (it never trains or merges):
 - training runs: every <runs>/<run>/ holding run.json (metrics.jsonl beside it); one domain in
-  config["domains"] makes an expert of that domain, several make the multi-task run.
-- merged models: every <runs>/<name>/ holding merge_report.json.
+  config["domains"] makes an expert of that domain, several make the multi-task run, and config["teachers"]
+  makes an MT-OPD run (a distilled model).
+- merged models: every <runs>/<name>/ holding merge_report.json (also when merge.py copied a run.json there
+  from the base folder); the cost table reads its "wall_s".
 - checkpoints: the run folder itself when it holds config.json + *.safetensors, else its newest such subfolder.
 - base model: --base, else a run's checkpoints/step_000000 when kept, else config["model"] of the runs.
 - analyses: <out>/eval.json, weights.json, kl.json, consistency.json. With --compute (default) a missing one
-  is computed from the models found, with that subcommand's default settings; run the subcommand yourself
-  first to choose other settings. A section whose inputs are missing says so in report.md.
+  is computed from the models found, with that subcommand's default settings (weights: the trained models
+  only, not the merges; eval and kl: the runs' embedded math difficulty); run the subcommand yourself first
+  to choose other settings. A section whose inputs are missing says so in report.md.
 """
 
 import csv
@@ -174,6 +177,40 @@ def label_bars(ax, bars, values, digits: int = 2) -> None:
                     va="bottom" if missing or v >= 0 else "top", fontsize=7, rotation=90)
 
 
+def hbar_panels(rows: list[str], panels: dict[str, list], *, xlabel: str, title: str, err: dict | None = None,
+                xlim: tuple[float, float] | None = None, digits: int = 3):
+    """One panel per column of a rows x columns table, one horizontal bar per row with its value written beside
+    it ("n/a" where undefined, and no bar). Readable with a dozen models, where grouped vertical bars are not.
+    err: {panel: (lo, hi)} lists of whisker ends. Returns the figure."""
+    finite = lambda v: v is not None and math.isfinite(v)  # noqa: E731
+    values = [v for vs in panels.values() for v in vs if finite(v)]
+    lo_lim, hi_lim = xlim or (min(values + [0.0]) * 1.25, max(values + [0.05]) * 1.25)
+    fig, axes = plt.subplots(1, len(panels), layout="constrained", sharey=True, squeeze=False,
+                             figsize=(max(6.0, 3.3 * len(panels)), 0.3 * len(rows) + 1.8))
+    y = np.arange(len(rows))
+    for ax, (name, vals) in zip(axes[0], panels.items()):
+        v = np.array([v if finite(v) else np.nan for v in vals], dtype=float)
+        xerr = None
+        if err and name in err:
+            lo, hi = err[name]
+            xerr = [[max(a - l, 0) if finite(a) and finite(l) else 0 for a, l in zip(vals, lo)],
+                    [max(h - a, 0) if finite(a) and finite(h) else 0 for a, h in zip(vals, hi)]]
+        ax.barh(y, v, color="C0", xerr=xerr, capsize=2, error_kw={"lw": 0.8})
+        ends = err[name][1] if err and name in err else vals   # the value goes right of its whisker
+        for i, (val, end) in enumerate(zip(vals, ends)):
+            at = max([x for x in (val, end) if finite(x)] + [0])
+            ax.text(at, i, f" {fmt(val, digits)}", va="center", fontsize=7)
+        ax.axvline(0, color="black", lw=0.5)
+        ax.set_xlim(lo_lim, hi_lim)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, rows)
+    axes[0][0].invert_yaxis()   # the first row on top, as in the tables
+    fig.suptitle(title)
+    return fig
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     cells = [[fmt(c) if isinstance(c, float) or c is None else str(c) for c in row] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -254,14 +291,15 @@ def eval_tables(table: dict, models: list[str]) -> tuple[str, str]:
     return md, buf.getvalue()
 
 
-def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None, seed: int) -> dict:
-    """{benchmark name: rows}. "embedded" gives one benchmark per domain, "embedded/<domain>"; anything else
-    is a row-schema file (name=path or path, named after the file's stem) read by data.load."""
+def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None, seed: int,
+                    difficulty: int = 1) -> dict:
+    """{benchmark name: rows}. "embedded" gives one benchmark per domain, "embedded/<domain>" (math at
+    `difficulty`); anything else is a row-schema file (name=path or path, named after the file's stem)."""
     benches = {}
     for spec in specs:
         if spec == "embedded":
             for d in domains:
-                benches[f"embedded/{d}"] = data.embedded(d, "eval", n=n_problems, seed=seed)
+                benches[f"embedded/{d}"] = data.embedded(d, "eval", n=n_problems, seed=seed, difficulty=difficulty)
             continue
         name, sep, path = spec.partition("=")
         if not sep:
@@ -303,25 +341,17 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
 
 
 def plot_eval(result: dict, path: Path) -> None:
+    """avg@k per model (rows, in evaluation order) and benchmark (panels), with the mean over benchmarks."""
     table, models = result["table"], list(result["models"])
     benches = list(dict.fromkeys(b for name in models for b in table.get(name, {})))  # in the order evaluated
     k = max((v["k"] for name in models for v in table.get(name, {}).values()), default=0)
-    fig, ax = plt.subplots(layout="constrained",
-                           figsize=(max(6, 1.4 * len(benches) * max(1, len(models)) / 3), 4))
-    width = 0.8 / max(1, len(models))
-    plotted = {"benchmarks": benches, "metric": f"avg@{k}", "values": {}}
-    for i, name in enumerate(models):
-        vals = [table.get(name, {}).get(b, {}).get("avg@k", np.nan) for b in benches]
-        plotted["values"][name] = vals
-        bars = ax.bar(np.arange(len(benches)) + (i - (len(models) - 1) / 2) * width, vals, width, label=name)
-        label_bars(ax, bars, vals)
-    ax.set_xticks(range(len(benches)), benches, rotation=20, ha="right")
-    ax.set_ylabel(f"avg@{k} (mean reward)")
-    ax.set_xlabel("benchmark")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"Accuracy per benchmark (avg@{k})")
-    ax.legend(fontsize=8)
-    save_plot(fig, path, plotted)
+    values = {b: [table.get(name, {}).get(b, {}).get("avg@k") for name in models] for b in benches}
+    if len(benches) > 1:
+        values["mean"] = [None if None in vals else float(np.mean(vals))
+                          for vals in zip(*(values[b] for b in benches))]
+    fig = hbar_panels(models, values, xlabel=f"avg@{k} (mean reward)", title=f"Accuracy per benchmark (avg@{k})")
+    save_plot(fig, path, {"benchmarks": benches, "metric": f"avg@{k}", "models": models,
+                          "values": {name: [values[b][i] for b in benches] for i, name in enumerate(models)}})
 
 
 @dataclass
@@ -334,6 +364,9 @@ class EvalConfig:
     """Eval sets: "embedded" (the eval split of every domain) and/or row-schema files as name=path."""
     domains: Names = field(default_factory=lambda: list(data.DOMAINS))
     """Domains to keep (embedded sets made, file rows filtered)."""
+    difficulty: int = 0
+    """Difficulty of the embedded math problems: the one the models were trained on (train.py --difficulty;
+    0 is what the tiny model learns, 1-3 suit real models)."""
     n_problems: int | None = 32
     """Problems per benchmark (the first n); None for all."""
     k: int = 4
@@ -341,9 +374,10 @@ class EvalConfig:
     temperature: float = 0.6
     """Sampling temperature (0.6 and top-p 0.95: Qwen3's recommended thinking-mode sampling)."""
     top_p: float = 0.95
-    max_new_tokens: int = 64
-    """Sized for the tiny CPU pipeline (train.py's tiny preset samples 12); raise it for real models, whose
-    reasoning runs to thousands of tokens."""
+    max_new_tokens: int = 4
+    """The completion budget the models were trained with (train.py --max-new-tokens; its tiny preset: 4).
+    Longer samples of the tiny model are noise whose digits can even match a math answer. Real models
+    reason for thousands of tokens; `report` passes the runs' own value."""
     batch_size: int = 16
     """Prompts per generate call (each sampled k times)."""
     think: bool = True
@@ -363,7 +397,7 @@ class EvalConfig:
 
 def run_eval(cfg: EvalConfig) -> dict:
     models = parse_named(cfg.models)
-    benches = load_benchmarks(cfg.benchmarks, cfg.domains, cfg.n_problems, cfg.seed)
+    benches = load_benchmarks(cfg.benchmarks, cfg.domains, cfg.n_problems, cfg.seed, cfg.difficulty)
     records = []
     bar = tqdm(total=len(models) * sum(map(len, benches.values())), desc="eval", unit="problem")
     for name, path in models.items():
@@ -677,10 +711,11 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
     # cosine per pair: attention / FFN / all, exact vs projected (paper Figure 3)
     groups = [g for g in ("attention", "ffn", "all") if g in res["scopes"]]
     labels = [f"{p['a']}-{p['b']}" for p in res["pairs"]]
-    fig, axes = plt.subplots(1, len(groups), layout="constrained", sharey=True, squeeze=False,
-                             figsize=((0.8 * len(labels) + 1.5) * len(groups), 4.5))
+    # one row per group: with a dozen pairs, three panels side by side would not fit a page
+    fig, axes = plt.subplots(len(groups), 1, layout="constrained", sharex=True, squeeze=False,
+                             figsize=(max(6.0, 0.75 * len(labels) + 2), 3.0 * len(groups) + 1))
     plotted = {"pairs": labels, "threshold": "rel"}
-    for ax, g in zip(axes[0], groups):
+    for ax, g in zip(axes[:, 0], groups):
         exact = [p["rel"][g]["cos"] for p in res["pairs"]]
         proj = [p["rel"][g].get("cos_proj") for p in res["pairs"]]
         spread = [p["rel"][g].get("cos_proj_std") for p in res["pairs"]]
@@ -693,13 +728,13 @@ def plot_weights(res: dict, out: Path) -> list[Path]:
                         label=f"projected to {res['projection']['dim']} dims (mean +- std over seeds)")
             label_bars(ax, b2, proj)
         ax.axhline(0, color="black", lw=0.5)
-        low = min([v for v in exact + proj if v is not None and math.isfinite(v)] + [0])
-        ax.set_ylim(min(-0.05, low - 0.1), 1.1)
+        seen = [v for v in exact + proj if v is not None and math.isfinite(v)]
+        ax.set_ylim(min(-0.05, min(seen + [0]) - 0.1), min(1.1, max(0.3, max(seen + [0]) + 0.15)))
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_title(f"{g}: cosine of updates on overlap")
-        ax.set_xlabel("model pair")
+        ax.set_ylabel("cosine similarity")
         plotted[g] = {"exact": exact, "proj": proj, "proj_std": spread}
-    axes[0][0].set_ylabel("cosine similarity")
+    axes[-1][0].set_xlabel("model pair")
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     paths.append(out / "weights_cosine.png")
     save_plot(fig, paths[-1], plotted)
@@ -759,6 +794,11 @@ def weights_markdown(res: dict) -> str:
     rows = [[name] + [f"{fmt(res['sparsity'][name]['rel'][s])} ({fmt(res['sparsity'][name]['exact'][s])})"
                       for s in scopes] for name in names]
     md += md_table(["model", *scopes], rows)
+    unchanged = [n for n in names if res["sparsity"][n]["exact"]["all"] == 1.0]
+    if unchanged:   # say why their rows below read n/a
+        md += (f"\n{', '.join(unchanged)}: no parameter differs from the base (training never moved the "
+               f"weights), so overlap, sign agreement and cosine with {'it' if len(unchanged) == 1 else 'them'} "
+               f"are undefined (n/a).\n")
     if res["pairs"]:
         md += ("\nPairs of models, relative threshold, per scope: Jaccard of changed positions (random masks "
                "of the same densities), |A&B|/|A| (random), |A&B|/|B| (random), sign agreement on A&B, cosine "
@@ -842,13 +882,15 @@ def plot_kl(res: dict, path: Path) -> None:
         lim = max([abs(v) for row in res["perf_change"] for v in row if v is not None] + [1e-3])
         panels.append((res["perf_change"], "accuracy change on the row's domain\n(column - row's expert)",
                        "RdBu", (-lim, lim)))
-    fig, axes = plt.subplots(1, len(panels), layout="constrained", squeeze=False,
-                             figsize=((1.1 * len(cols) + 2.5) * len(panels), 0.7 * len(rows) + 2.8))
-    for ax, (m, title, cmap, lims) in zip(axes[0], panels):
-        heatmap(ax, m, [f"{d} data" for d in rows], cols, title, cmap=cmap,
-                **({"vmin": lims[0], "vmax": lims[1]} if lims else {}))
-        ax.set_xlabel("model")
-    axes[0][0].set_ylabel("trajectories sampled by the expert of")
+    # panels stacked: a merge study has a dozen columns, and three such panels side by side do not fit a page
+    fig, axes = plt.subplots(len(panels), 1, layout="constrained", squeeze=False,
+                             figsize=(1.0 * len(cols) + 3.5, (0.55 * len(rows) + 1.9) * len(panels)))
+    for ax, (m, title, cmap, lims) in zip(axes[:, 0], panels):
+        # two significant figures: KLs between close policies are far below 0.001
+        heatmap(ax, m, [f"{d} data" if "KL" in title else d for d in rows], cols, title, cmap=cmap,
+                text=[[sig(v, 2) for v in row] for row in m], **({"vmin": lims[0], "vmax": lims[1]} if lims else {}))
+        ax.set_ylabel("trajectories of the expert of" if "KL" in title else "domain")
+    axes[-1][0].set_xlabel("model")
     if res.get("perf_change") is None:
         fig.text(0.5, -0.02, "accuracy change: not available (no eval.json for these models)", ha="center")
     save_plot(fig, path, {k: res.get(k) for k in ("domains", "models", "kl_fwd", "kl_rev", "perf_change")})
@@ -862,17 +904,19 @@ class KLConfig:
     experts: Names
     """Single-domain experts as domain=path (math=out/math code=out/code)."""
     multitask: str | None = None
-    """The model trained on the mix of domains."""
+    """The model trained on the mix of domains: a path (column "multitask") or name=path."""
     merged: Names = field(default_factory=list)
     """Merged models as name=path."""
     prompts: str = "embedded"
     """Eval prompts: "embedded" or a row-schema file (rows of each expert's domain are used)."""
     n_problems: int = 16
     """Prompts per domain."""
+    difficulty: int = 0
+    """Difficulty of the embedded math prompts (as in eval: the one the models were trained on)."""
     k: int = 2
     """Trajectories sampled per prompt."""
-    max_new_tokens: int = 64
-    """Sized for the tiny CPU pipeline; raise it for real models."""
+    max_new_tokens: int = 4
+    """As in eval: the completion budget the models were trained with (train.py's tiny preset: 4)."""
     temperature: float = 1.0
     """Sampling temperature of the trajectories (1: the expert's own policy)."""
     top_p: float = 1.0
@@ -893,8 +937,8 @@ class KLConfig:
 def run_kl(cfg: KLConfig) -> dict:
     experts = parse_named(cfg.experts, "expert")
     columns = dict(experts)
-    if cfg.multitask:
-        columns["multitask"] = cfg.multitask
+    if cfg.multitask:   # a column named "multitask", or by NAME when given as NAME=PATH
+        columns |= parse_named([cfg.multitask]) if "=" in cfg.multitask else {"multitask": cfg.multitask}
     columns |= parse_named(cfg.merged, "merged model")
     domains = list(experts)
     fwd = [[None] * len(columns) for _ in domains]
@@ -904,7 +948,7 @@ def run_kl(cfg: KLConfig) -> dict:
     for r, domain in enumerate(domains):
         tokenizer, p_model = model.load_tokenizer(experts[domain]), load_policy(experts[domain], cfg.device)
         if cfg.prompts == "embedded":
-            rows = data.embedded(domain, "eval", n=cfg.n_problems, seed=cfg.seed)
+            rows = data.embedded(domain, "eval", n=cfg.n_problems, seed=cfg.seed, difficulty=cfg.difficulty)
         else:
             rows = data.load(cfg.prompts, [domain], "eval", seed=cfg.seed)[: cfg.n_problems]
         if not rows:
@@ -1052,30 +1096,18 @@ def consistency(records: list[dict], base: str, experts: list[str], models: list
 
 
 def plot_consistency(res: dict, path: Path) -> None:
+    """cosine(gains, union) per model (rows) and problem set (panels), whiskers at the bootstrap interval."""
     scopes = [s for s in res["n_problems"] if s != "all"] + ["all"]
     models = res["models"]
-    fig, ax = plt.subplots(layout="constrained", figsize=(max(6, 1.3 * len(scopes) * max(1, len(models)) / 2), 4))
-    width = 0.8 / max(1, len(models))
-    plotted = {"scopes": scopes, "cos": {}, "lo": {}, "hi": {}}
-    for i, name in enumerate(models):
-        c = [res["cos"][name][s]["cos"] for s in scopes]
-        lo = [res["cos"][name][s]["lo"] for s in scopes]
-        hi = [res["cos"][name][s]["hi"] for s in scopes]
-        cv = np.array([np.nan if v is None else v for v in c], dtype=float)
-        err = np.array([[0 if v is None or l is None else max(v - l, 0) for v, l in zip(c, lo)],
-                        [0 if v is None or h is None else max(h - v, 0) for v, h in zip(c, hi)]])
-        bars = ax.bar(np.arange(len(scopes)) + (i - (len(models) - 1) / 2) * width, cv, width, yerr=err,
-                      capsize=3, label=name)
-        label_bars(ax, bars, c)
-        plotted["cos"][name], plotted["lo"][name], plotted["hi"][name] = c, lo, hi
-    ax.set_xticks(range(len(scopes)), [f"{s}\n(n={res['n_problems'][s]})" for s in scopes])
-    ax.set_xlim(-0.5, len(scopes) - 0.5)
-    ax.set_xlabel("problems")
-    ax.set_ylabel("cosine(gains, union of experts' gains)")
-    ax.set_ylim(0, 1.15)
-    ax.set_title("Per-problem gains over the base vs the experts' union\n(bars: cosine; whiskers: 95% bootstrap CI)")
-    ax.legend(fontsize=8)
-    save_plot(fig, path, plotted)
+    panel = {s: f"{s} (n={res['n_problems'][s]})" for s in scopes}
+    stat = lambda key, s: [res["cos"][name][s][key] for name in models]  # noqa: E731
+    fig = hbar_panels(models, {panel[s]: stat("cos", s) for s in scopes}, xlim=(0, 1.3),
+                      err={panel[s]: (stat("lo", s), stat("hi", s)) for s in scopes},
+                      xlabel="cosine(gains, experts' union)",
+                      title="Per-problem gains over the base vs the union of the experts' gains "
+                            "(bars: cosine; whiskers: 95% bootstrap interval)")
+    save_plot(fig, path, {"scopes": scopes, **{key: {name: [res["cos"][name][s][key] for s in scopes]
+                                                     for name in models} for key in ("cos", "lo", "hi")}})
 
 
 @dataclass
@@ -1114,7 +1146,12 @@ def consistency_markdown(res: dict) -> str:
           f"[{', '.join(res['experts'])}]) with a 95% bootstrap interval over problems:\n\n")
     rows = [[name] + [f"{fmt(res['cos'][name][s]['cos'])} [{fmt(res['cos'][name][s]['lo'])}, "
                       f"{fmt(res['cos'][name][s]['hi'])}]" for s in scopes] for name in res["models"]]
-    return md + md_table(["model", *[f"{s} (n={res['n_problems'][s]})" for s in scopes]], rows)
+    md += md_table(["model", *[f"{s} (n={res['n_problems'][s]})" for s in scopes]], rows)
+    if any(res["cos"][n][s]["cos"] is None or not math.isfinite(res["cos"][n][s]["cos"])
+           for n in res["models"] for s in scopes):
+        md += ("\nn/a: the model, or every expert, gains nothing over the base on those problems, so the cosine "
+               "is undefined.\n")
+    return md
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1157,35 +1194,41 @@ def discover(runs: Path) -> dict:
     if not runs.is_dir():
         return found
     for d in sorted(p for p in runs.iterdir() if p.is_dir()):
-        if (d / "run.json").exists():
+        # a merge first: merge.py copies the base folder's side files, which can include a run.json
+        if (d / "merge_report.json").exists():
+            found["merged"][d.name] = {"dir": str(d), "report": read_json(d / "merge_report.json"),
+                                       "checkpoint": find_checkpoint(d)}
+        elif (d / "run.json").exists():
             run = read_json(d / "run.json")
             cfg = run.get("config", {})
             domains = cfg.get("domains") or []
             if isinstance(domains, str):
                 domains = domains.split(",")
+            # MT-OPD (train.py --teachers) distils experts; otherwise one domain is an expert, several the mix
+            kind = "opd" if cfg.get("teachers") else "expert" if len(domains) == 1 else "mixed"
             found["train"][d.name] = {
-                "dir": str(d), "run": run, "domains": list(domains), "base": cfg.get("model"),
+                "dir": str(d), "run": run, "domains": list(domains), "kind": kind, "base": cfg.get("model"),
                 "metrics": read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else [],
                 "checkpoint": find_checkpoint(d), "mtime": (d / "run.json").stat().st_mtime,
                 "step0": find_checkpoint(d / "checkpoints" / "step_000000")
                          if (d / "checkpoints" / "step_000000").is_dir() else None}
-        if (d / "merge_report.json").exists():
-            found["merged"][d.name] = {"dir": str(d), "report": read_json(d / "merge_report.json"),
-                                       "checkpoint": find_checkpoint(d)}
     return found
 
 
 def models_from_runs(found: dict, cfg: "ReportConfig") -> dict:
-    """{"base": path|None, "experts": {domain: path}, "multitask": {name: path}, "merged": {name: path}}: the
-    flags when given, else what the run folders show (the newest run when two train the same domain)."""
-    experts, multitask = {}, {}
+    """{"base": path|None, "experts": {domain: path}, "multitask": {name: path}, "merged": {name: path},
+    "distilled": {name: path}}: the flags when given, else what the run folders show (the newest run when two
+    train the same domain)."""
+    experts, multitask, distilled = {}, {}, {}
     for name, t in sorted(found["train"].items(), key=lambda kv: kv[1]["mtime"]):
         if not t["checkpoint"]:
             continue
-        if len(t["domains"]) == 1:
+        if t["kind"] == "expert":
             experts[t["domains"][0]] = t["checkpoint"]
-        elif len(t["domains"]) > 1:
+        elif t["kind"] == "mixed":
             multitask[name] = t["checkpoint"]
+        else:
+            distilled[name] = t["checkpoint"]
     experts = {d: experts[d] for d in data.DOMAINS if d in experts}  # tables list domains in the usual order
     if len(multitask) == 1:
         multitask = {"multitask": next(iter(multitask.values()))}
@@ -1198,15 +1241,42 @@ def models_from_runs(found: dict, cfg: "ReportConfig") -> dict:
         "multitask": {"multitask": cfg.multitask} if cfg.multitask else multitask,
         "merged": parse_named(cfg.merged, "merged model") if cfg.merged else
                   {n: m["checkpoint"] for n, m in found["merged"].items() if m["checkpoint"]},
+        "distilled": distilled,
     }
 
 
+PER_TOKEN_STATS = ("kl", "teacher_kl", "entropy", "clip_frac")   # train.py averages these over trained tokens
+
+
+def trained_nothing(run: dict, row: dict) -> bool:
+    """A step whose every group had equal rewards and was dropped (train.py --filter-zero-var) trained no token:
+    train.py then logs 0 for the per-token statistics, which is no measurement, so the plots skip it."""
+    cfg = run.get("config", {})
+    return bool(cfg.get("filter_zero_var")) and not cfg.get("teachers") and row.get("zero_var_frac") == 1.0
+
+
+def plot_curve(ax, pts: list, color: str, label: str) -> int:
+    """Per-step values as a thin line, and over 30 steps their trailing mean over w steps as a thick one
+    (RL rewards are noisy from step to step). Returns w (1: no mean drawn)."""
+    x, y = np.array(pts, dtype=float).T
+    if len(pts) < 30:
+        ax.plot(x, y, marker="o", ms=3, color=color, label=label)
+        return 1
+    w = max(5, len(pts) // 15)
+    ax.plot(x, y, lw=0.7, alpha=0.3, color=color)
+    ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.8, color=color, label=label)
+    return w
+
+
 def plot_training(train: dict, out: Path) -> list[Path]:
-    """train_curves.png: reward and completion length per domain (one panel per domain, one line per run);
-    train_stats.png: the run-wide statistics that are logged (KL, entropy, ...)."""
+    """train_curves.png: reward, accuracy and completion length per domain (one panel per domain, one line per
+    run); train_stats.png: the run-wide statistics that are logged (KL, entropy, ...). A run has one colour
+    in both figures."""
     paths = []
-    domains = sorted({k.split("/", 1)[1] for t in train.values() for row in t["metrics"] for k in row
-                      if k.startswith("reward/")})
+    color = {name: f"C{i % 10}" for i, name in enumerate(train)}
+    logged = {k.split("/", 1)[1] for t in train.values() for row in t["metrics"] for k in row if k.startswith("reward/")}
+    domains = [d for d in data.DOMAINS if d in logged] + sorted(logged - set(data.DOMAINS))
+    windows = set()
     if domains:
         kinds = [k for k in ("reward", "acc", "len") if any(f"{k}/{d}" in row for t in train.values()
                                                             for row in t["metrics"] for d in domains)]
@@ -1219,36 +1289,43 @@ def plot_training(train: dict, out: Path) -> list[Path]:
                 for name, t in train.items():
                     pts = [(row["step"], row[key]) for row in t["metrics"] if row.get(key) is not None]
                     if pts:
-                        ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=name)
+                        windows.add(plot_curve(ax, pts, color[name], name))
                         plotted.setdefault(key, {})[name] = pts
                 ax.set_title(f"{d}: {kind}")
                 ax.set_xlabel("step")
                 ax.set_ylabel({"reward": "mean reward", "acc": "accuracy", "len": "completion tokens"}[kind])
                 if ax.lines:
                     ax.legend(fontsize=7)
-        fig.suptitle("Training curves per domain")
+        smooth = f" (thin: each step; thick: mean of the last {max(windows)} steps)" if max(windows) > 1 else ""
+        fig.suptitle("Training curves per domain" + smooth)
         paths.append(out / "train_curves.png")
         save_plot(fig, paths[-1], plotted)
-    stats = [k for k in ("reward", "kl", "entropy", "grad_norm", "clip_frac", "zero_var_frac", "truncated",
-                         "tokens_per_s") if any(k in row for t in train.values() for row in t["metrics"])]
+    # a statistic that is 0 in every run (kl without a KL term, teacher_kl without MT-OPD) is left out
+    stats = [k for k in ("reward", "kl", "teacher_kl", "entropy", "grad_norm", "clip_frac", "zero_var_frac",
+                         "truncated", "tokens_per_s") if any(row.get(k) for t in train.values() for row in t["metrics"])]
     if stats:
         cols = min(4, len(stats))
         rows = math.ceil(len(stats) / cols)
         fig, axes = plt.subplots(rows, cols, layout="constrained", figsize=(4 * cols, 3 * rows), squeeze=False)
-        plotted = {}
+        plotted, windows = {}, {1}
         for ax, key in zip(axes.flat, stats):
             for name, t in train.items():
-                pts = [(row["step"], row[key]) for row in t["metrics"] if row.get(key) is not None]
+                pts = [(row["step"], row[key]) for row in t["metrics"] if row.get(key) is not None
+                       and not (key in PER_TOKEN_STATS and trained_nothing(t["run"], row))]
+                if key in ("kl", "teacher_kl") and not any(v for _, v in pts):
+                    continue   # the run has no such term (kl_coef 0, no teachers): zeros are no measurement
                 if pts:
-                    ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=name)
+                    windows.add(plot_curve(ax, pts, color[name], name))
                     plotted.setdefault(key, {})[name] = pts
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.set_ylabel(key)
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(stats):]:
             ax.axis("off")
-        fig.suptitle("Training statistics")
+        smooth = f" (thin: each step; thick: mean of the last {max(windows)} steps)" if max(windows) > 1 else ""
+        fig.suptitle("Training statistics" + smooth + "; per-token statistics skip steps that trained no token")
         paths.append(out / "train_stats.png")
         save_plot(fig, paths[-1], plotted)
     return paths
@@ -1263,41 +1340,89 @@ def device_hours(run: dict) -> float | None:
     return None
 
 
+def sig(x, digits: int = 3) -> str:
+    """A number to `digits` significant figures (costs of tiny runs are 1e-4 hours), or n/a."""
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
+
+
 def cost_table(found: dict) -> tuple[str, dict] | None:
-    """Device-hours of the mixed run(s) against the experts' runs plus the merges (merge time counted as
-    one device for its wall time: merge_report.json's wall_s)."""
-    experts = {n: t for n, t in found["train"].items() if len(t["domains"]) == 1}
-    mixed = {n: t for n, t in found["train"].items() if len(t["domains"]) > 1}
-    if not experts and not mixed:
+    """Device-hours of each way to one multi-domain model: the mixed run; the expert runs plus one merge
+    (merge_report.json's wall_s on one device); the expert runs plus MT-OPD (the experts are its teachers).
+    Beside each, the mixed run's cost as a fraction of it (the paper: 33.2% of separate training + merging)."""
+    hours = {kind: {n: device_hours(t["run"]) for n, t in found["train"].items() if t["kind"] == kind}
+             for kind in ("expert", "mixed", "opd")}
+    if not any(hours.values()):
         return None
-    rows, data_ = [], {"experts": {}, "merges": {}, "mixed": {}}
-    for n, t in experts.items():
-        h = device_hours(t["run"])
-        data_["experts"][n] = h
-        rows.append([f"expert run {n} ({t['domains'][0]})", t["run"].get("device", "?"), h])
-    sep = sum(h for h in data_["experts"].values() if h is not None) if experts else None
-    rows.append(["sum of expert runs", "", sep])
+    hours["merge"] = {n: None if m["report"].get("wall_s") is None else float(m["report"]["wall_s"]) / 3600
+                      for n, m in found["merged"].items()}
+    rows = []
+    for kind, label in (("expert", "expert run"), ("mixed", "mixed run"), ("merge", "merge"), ("opd", "MT-OPD run")):
+        for n, h in hours[kind].items():
+            info = found["merged"][n]["report"] if kind == "merge" else found["train"][n]["run"]
+            wall = info.get("wall_s")
+            rows.append([label, n, info.get("device", "n/a"), info.get("world_size", 1), sig(wall), sig(h)])
+    md = ("Every run and merge. Device-hours = wall time x processes; a training run's wall time counts its steps "
+          "(train.py's run.json), a merge's the whole merge.py process:\n\n")
+    md += md_table(["kind", "run", "device", "processes", "wall s", "device-hours"], rows)
+
+    experts = sum(hours["expert"].values()) if hours["expert"] and None not in hours["expert"].values() else None
+    plus = lambda h: None if experts is None or h is None else experts + h  # noqa: E731
+    approaches = {f"mixed run {n}": h for n, h in hours["mixed"].items()}
+    approaches["experts alone (before combining)"] = experts
+    approaches |= {f"experts + merge {n}": plus(h) for n, h in hours["merge"].items()}
+    approaches |= {f"experts + MT-OPD run {n}": plus(h) for n, h in hours["opd"].items()}
+    mixed_name, mixed = next(iter(hours["mixed"].items()), (None, None))
+    md += (f"\nEach way to one model for all domains, and the mixed run's cost as a fraction of it"
+           f"{f' (mixed run: {mixed_name})' if mixed_name else ' (no mixed run found)'}:\n\n")
+    md += md_table(["approach", "device-hours", "mixed / approach"],
+                   [[a, sig(h), sig(ratio(mixed, h) if mixed is not None and h else None)]
+                    for a, h in approaches.items()])
+    return md, {"hours": hours, "experts_total": experts, "approaches": approaches, "mixed": mixed_name}
+
+
+def merge_comparison(found: dict, models: dict, evaluation: dict) -> str | None:
+    """The ways to combine the experts side by side: per-domain accuracy (avg@k over every problem of the
+    domain) of each merge and MT-OPD run, beside the experts (each on its own domain) and the mixed model,
+    with each merge's own statistics from merge_report.json."""
+    if not found["merged"] and not models["distilled"]:
+        return None
+    by = evaluation.get("by_domain", {})
+    domains = [d for d in data.DOMAINS if any(d in v for v in by.values())]
+    name = lambda n, p: match_eval_name(evaluation, n, p)  # noqa: E731
+
+    def accs(model_name):
+        acc = [by.get(model_name, {}).get(d) if model_name else None for d in domains]
+        return acc, (float(np.mean(acc)) if acc and None not in acc else None)
+
+    experts = {d: name(d, p) for d, p in models["experts"].items()}
+    own = [by.get(experts.get(d), {}).get(d) if experts.get(d) else None for d in domains]
+    rows = [["experts", "each on its own domain", *own, None if None in own else float(np.mean(own)), None,
+             "", "", ""]]
+    mixed = None
+    for n, p in models["multitask"].items():
+        acc, mean = accs(name(n, p))
+        mixed = mean if mixed is None else mixed   # the first mixed run is the reference
+        rows.append(["mixed", name(n, p) or n, *acc, mean, None, "", "", ""])
+    combined = []
     for n, m in found["merged"].items():
-        wall = m["report"].get("wall_s", m["report"].get("time_s"))
-        data_["merges"][n] = None if wall is None else float(wall) / 3600
-        rows.append([f"merge {n}", m["report"].get("device", "cpu"), data_["merges"][n]])
-    for n, t in mixed.items():
-        h = device_hours(t["run"])
-        data_["mixed"][n] = h
-        rows.append([f"mixed run {n} ({'+'.join(t['domains'])})", t["run"].get("device", "?"), h])
-    md = md_table(["what", "device", "device-hours"], rows)
-    # each merge is one alternative to the mixed run: separate training + that merge
-    for n, h in data_["merges"].items():
-        total = None if sep is None or h is None else sep + h
-        data_.setdefault("separate_plus_merge", {})[n] = total
-        for mn, mh in data_["mixed"].items():
-            if total and mh is not None:
-                md += f"\nmixed {mn} / (experts + merge {n}) = {mh:.3g} / {total:.3g} h = {mh / total:.2f}\n"
-    if not found["merged"] and sep and data_["mixed"]:
-        for mn, mh in data_["mixed"].items():
-            if mh is not None:
-                md += f"\nmixed {mn} / experts (no merge found) = {mh / sep:.2f}\n"
-    return md, data_
+        acc, mean = accs(name(n, m["checkpoint"] or m["dir"]))
+        summary = m["report"].get("summary", {})
+        kept = summary.get("kept")
+        combined.append(["merge", name(n, m["checkpoint"] or m["dir"]) or n, *acc, mean,
+                         None if mean is None or mixed is None else mean - mixed,
+                         sig(float(np.mean(kept)) if kept else None), sig(summary.get("sign_conflict")),
+                         sig(summary.get("update_norm"))])
+    for n, p in models["distilled"].items():
+        acc, mean = accs(name(n, p))
+        combined.append(["MT-OPD", name(n, p) or n, *acc, mean,
+                         None if mean is None or mixed is None else mean - mixed, "", "", ""])
+    combined.sort(key=lambda r: -1.0 if r[len(domains) + 2] is None else -r[len(domains) + 2])
+    md = ("Accuracy per domain (avg@k, from eval.json), best combination first; mean - mixed compares with the "
+          "mixed model; for merges, the fraction of each expert's update kept (mean over experts), the fraction "
+          "of positions whose updates disagree in sign, and the L2 norm of the merged update "
+          "(merge_report.json):\n\n")
+    return md + md_table(["kind", "model", *domains, "mean", "mean - mixed", "kept", "sign conflicts",
+                          "update norm"], rows + combined)
 
 
 @dataclass
@@ -1309,7 +1434,7 @@ class ReportConfig:
     out: str = "out/analysis"
     """Where the analyses' JSON are read (and computed when missing) and report.md is written."""
     base: str | None = None
-    """Base model; default: config["model"] of the runs."""
+    """Base model; default: a run's saved step-0 checkpoint, else config["model"] of the runs."""
     experts: Names = field(default_factory=list)
     """domain=path experts; default: the single-domain runs."""
     multitask: str | None = None
@@ -1326,24 +1451,34 @@ def run_report(cfg: ReportConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     found = discover(runs)
     m = models_from_runs(found, cfg)
-    others = {**m["experts"], **m["multitask"], **m["merged"]}
+    trained = {**m["experts"], **m["multitask"], **m["distilled"]}
+    others = {**m["experts"], **m["multitask"], **m["merged"], **m["distilled"]}
     named = lambda d: [f"{k}={v}" for k, v in d.items()]  # noqa: E731
     files = {k: out / f"{k}.json" for k in ("eval", "weights", "kl", "consistency")}
+    # eval and kl sample like the runs did: their embedded math difficulty and completion budget, when shared
+    level = {}
+    for key in ("difficulty", "max_new_tokens"):
+        values = {t["run"].get("config", {}).get(key) for t in found["train"].values()} - {None}
+        level |= {key: values.pop()} if len(values) == 1 else {}
     if cfg.compute and m["base"] and others and not files["eval"].exists():
-        run_eval(EvalConfig(models=[f"base={m['base']}", *named(others)], out=cfg.out, device=cfg.device))
-    if cfg.compute and m["base"] and others and not files["weights"].exists():
-        run_weights(WeightsConfig(models=named(others), base=m["base"], out=cfg.out, device=cfg.device))
+        run_eval(EvalConfig(models=[f"base={m['base']}", *named(others)], out=cfg.out, device=cfg.device, **level))
+    if cfg.compute and m["base"] and trained and not files["weights"].exists():
+        # the trained models only: with every merge too, the pair plots would be unreadable
+        run_weights(WeightsConfig(models=named(trained), base=m["base"], out=cfg.out, device=cfg.device))
     if cfg.compute and m["experts"] and not files["kl"].exists():
+        first_mt = next(iter(m["multitask"].items()), None)
         extra_mt = dict(list(m["multitask"].items())[1:])  # a second multi-task run is one more column
-        run_kl(KLConfig(experts=named(m["experts"]), multitask=next(iter(m["multitask"].values()), None),
-                        merged=named({**extra_mt, **m["merged"]}), out=cfg.out, device=cfg.device))
-    if (cfg.compute and files["eval"].exists() and m["base"] and m["experts"] and (m["multitask"] or m["merged"])
+        run_kl(KLConfig(experts=named(m["experts"]), multitask=first_mt and f"{first_mt[0]}={first_mt[1]}",
+                        merged=named({**extra_mt, **m["distilled"], **m["merged"]}), out=cfg.out,
+                        device=cfg.device, **level))
+    combined = {**m["multitask"], **m["merged"], **m["distilled"]}
+    if (cfg.compute and files["eval"].exists() and m["base"] and m["experts"] and combined
             and not files["consistency"].exists()):
         ev = read_json(files["eval"])
         name = lambda n, p: match_eval_name(ev, n, p)  # noqa: E731
         run_consistency(ConsistencyConfig(
             base=name("base", m["base"]), experts=[name(d, p) for d, p in m["experts"].items()],
-            models=[name(n, p) for n, p in {**m["multitask"], **m["merged"]}.items()], out=cfg.out))
+            models=[name(n, p) for n, p in combined.items()], out=cfg.out))
 
     md = [f"# M2RL report\n\nRuns: `{runs}`. Analyses: `{out}`. Every plot has its numbers in a .json beside it.\n"]
 
@@ -1352,21 +1487,19 @@ def run_report(cfg: ReportConfig) -> str:
 
     md.append("## 1. Runs\n")
     if found["train"] or found["merged"]:
-        def num(x, spec):
-            return "n/a" if x is None else format(x, spec)
-
-        rows = [[n, "expert" if len(t["domains"]) == 1 else "mixed", ",".join(t["domains"]),
-                 t["metrics"][-1]["step"] if t["metrics"] else "n/a", num(t["run"].get("wall_s"), ".0f"),
-                 t["run"].get("device", "n/a"), t["run"].get("world_size", "n/a"),
-                 num(device_hours(t["run"]), ".3g"), t["checkpoint"] or "none"] for n, t in found["train"].items()]
-        rows += [[n, "merged", "", "", num(m_["report"].get("wall_s"), ".0f"), "", "", "", m_["checkpoint"] or "none"]
+        rows = [[n, t["kind"], ",".join(t["domains"]), t["metrics"][-1]["step"] if t["metrics"] else "n/a",
+                 sig(t["run"].get("wall_s")), t["run"].get("device", "n/a"), t["run"].get("world_size", "n/a"),
+                 sig(device_hours(t["run"])), t["checkpoint"] or "none"] for n, t in found["train"].items()]
+        rows += [[n, "merge", m_["report"].get("method", ""), "", sig(m_["report"].get("wall_s")),
+                  m_["report"].get("device", "n/a"), "", "", m_["checkpoint"] or "none"]
                  for n, m_ in found["merged"].items()]
-        md.append(md_table(["run", "kind", "domains", "last step", "wall s", "device", "world size",
+        md.append(md_table(["run", "kind", "domains / method", "last step", "wall s", "device", "processes",
                             "device-hours", "checkpoint"], rows))
     else:
         missing(f"no run.json or merge_report.json in the folders of `{runs}`.")
-    md.append("\nModels used: " + ", ".join(f"{k} = `{v}`" for k, v in
-                                            {"base": m["base"], **others}.items()) + "\n")
+    ev = read_json(files["eval"]) if files["eval"].exists() else None
+    md.append("\nModels used (named as in eval.json): " + ", ".join(
+        f"{(ev and match_eval_name(ev, k, v)) or k} = `{v}`" for k, v in {"base": m["base"], **others}.items()) + "\n")
 
     md.append("## 2. Training curves\n")
     plots = plot_training(found["train"], out) if any(t["metrics"] for t in found["train"].values()) else []
@@ -1375,16 +1508,31 @@ def run_report(cfg: ReportConfig) -> str:
     if not plots:
         missing(f"no metrics.jsonl with reward/<domain> lines in the runs of `{runs}`.")
 
-    md.append("## 3. Evaluation\n")
-    if files["eval"].exists():
-        ev = read_json(files["eval"])
+    md.append("## 3. Main table: accuracy of every model on every domain\n")
+    if ev:
         md.append(eval_tables(ev["table"], list(ev["models"]))[0])
         plot_eval(ev, out / "eval_bars.png")
         md.append("\n![eval](eval_bars.png)\n")
     else:
         missing(f"`{files['eval']}` (run `python analyze.py eval`, or report with --compute and models).")
 
-    md.append("## 4. Weight updates\n")
+    md.append("## 4. Combining the experts: merge methods and MT-OPD vs the mixed model\n")
+    comparison = merge_comparison(found, m, ev) if ev else None
+    if comparison:
+        md.append(comparison)
+    else:
+        missing("merged models or MT-OPD runs in the runs folder, with their eval results "
+                f"(`{files['eval']}`)." if ev else f"`{files['eval']}` (the accuracy of the merged models).")
+
+    md.append("## 5. Cost: mixed training vs separate training + combining\n")
+    cost = cost_table(found)
+    if cost:
+        md.append(cost[0])
+        write_json(out / "cost.json", cost[1])
+    else:
+        missing(f"no training runs with run.json in `{runs}`.")
+
+    md.append("## 6. Weight updates\n")
     if files["weights"].exists():
         res = read_json(files["weights"])
         md.append(weights_markdown(res))
@@ -1393,7 +1541,7 @@ def run_report(cfg: ReportConfig) -> str:
     else:
         missing(f"`{files['weights']}` (run `python analyze.py weights`, or give --base and the models).")
 
-    md.append("## 5. Cross-domain KL\n")
+    md.append("## 7. Cross-domain KL\n")
     if files["kl"].exists():
         res = read_json(files["kl"])
         md.append(kl_markdown(res))
@@ -1404,7 +1552,7 @@ def run_report(cfg: ReportConfig) -> str:
     else:
         missing(f"`{files['kl']}` (run `python analyze.py kl`, or report with --compute and expert runs).")
 
-    md.append("## 6. Consistency of gains\n")
+    md.append("## 8. Consistency of gains\n")
     if files["consistency"].exists():
         res = read_json(files["consistency"])
         md.append(consistency_markdown(res))
@@ -1413,14 +1561,6 @@ def run_report(cfg: ReportConfig) -> str:
     else:
         missing(f"`{files['consistency']}` (needs eval results of the base, the experts and a mixed or "
                 f"merged model; run `python analyze.py consistency`).")
-
-    md.append("## 7. Cost\n")
-    cost = cost_table(found)
-    if cost:
-        md.append(cost[0])
-        write_json(out / "cost.json", cost[1])
-    else:
-        missing(f"no training runs with run.json in `{runs}`.")
     text = "\n".join(md)
     write_atomic(out / "report.md", text)
     print(f"wrote {out / 'report.md'}")

@@ -446,6 +446,14 @@ def test_kl_matrix_end_to_end(tiny_dirs, tmp_path):
 import data  # noqa: E402
 
 
+def test_embedded_benchmarks_take_the_training_difficulty():
+    """The tiny model trains on difficulty-0 math; eval must score it on the same kind of problem."""
+    for level in (0, 2):
+        benches = analyze.load_benchmarks(["embedded"], ["math", "code"], 3, 0, difficulty=level)
+        assert benches["embedded/math"] == data.embedded("math", "eval", n=3, seed=0, difficulty=level)
+        assert benches["embedded/code"] == data.embedded("code", "eval", n=3, seed=0)
+
+
 def test_eval_constructed_completions(tmp_path, monkeypatch):
     """generate replaced by a fake whose first sample of each problem is the right answer and the other
     three are wrong: the real math verifier must give avg@4 = 1/4, pass@1 = 1/4, pass@4 = 1."""
@@ -461,7 +469,7 @@ def test_eval_constructed_completions(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(analyze.model, "generate", fake_generate)
-    cfg = analyze.EvalConfig(models=["m=tiny"], domains=["math"], n_problems=3, k=4, out=str(tmp_path),
+    cfg = analyze.EvalConfig(models=["m=tiny"], domains=["math"], difficulty=1, n_problems=3, k=4, out=str(tmp_path),
                              device="cpu", workers=1)
     res = analyze.run_eval(cfg)
     cell = res["table"]["m"]["embedded/math"]
@@ -545,17 +553,17 @@ def test_report_writes_every_section(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(analyze, "KLConfig", functools.partial(analyze.KLConfig, n_problems=3, max_new_tokens=8))
     text = analyze.run_report(analyze.ReportConfig(runs=str(root), out=str(out), device="cpu"))
     assert "Not available" not in text
-    for section in ("## 1. Runs", "## 2. Training curves", "## 3. Evaluation", "## 4. Weight updates",
-                    "## 5. Cross-domain KL", "## 6. Consistency of gains", "## 7. Cost"):
+    for section in ("## 1. Runs", "## 2. Training curves", "## 3. Main table", "## 4. Combining the experts",
+                    "## 5. Cost", "## 6. Weight updates", "## 7. Cross-domain KL", "## 8. Consistency of gains"):
         assert section in text
     for png in ("train_curves", "train_stats", "eval_bars", "weights_sparsity", "weights_layers",
                 "weights_overlap", "weights_cosine", "kl_heatmap", "consistency_bars"):
         assert f"]({png}.png)" in text
         assert (out / f"{png}.png").stat().st_size > 10_000 and (out / f"{png}.json").exists()
-    # models found from the runs: experts by their single domain, the two-domain run, the merge folder
+    # models found from the runs: experts by their single domain, the two-domain run, the merge folder;
+    # the weight analysis takes the trained models only
     weights = json.loads((out / "weights.json").read_text())
-    assert weights["models"] == {"math": paths["math"], "code": paths["code"], "multitask": paths["multitask"],
-                                 "ties": paths["ties"]}
+    assert weights["models"] == {"math": paths["math"], "code": paths["code"], "multitask": paths["multitask"]}
     evaluation = json.loads((out / "eval.json").read_text())
     assert list(evaluation["models"]) == ["base", "math", "code", "multitask", "ties"]
     assert 0.85 < weights["sparsity"]["math"]["exact"]["all"] < 0.95   # 10% of entries were moved
@@ -565,14 +573,14 @@ def test_report_writes_every_section(runs_dir, tmp_path, monkeypatch):
     assert cons["base"] == "base" and cons["experts"] == ["math", "code"] and cons["models"] == ["multitask", "ties"]
     # cost: experts 100 s + 100 s + merge 36 s against the mixed run's 150 s
     cost = json.loads((out / "cost.json").read_text())
-    assert cost["separate_plus_merge"]["ties"] == pytest.approx(236 / 3600)
-    assert "= 0.64" in text   # 150 / 236
+    assert cost["approaches"]["experts + merge ties"] == pytest.approx(236 / 3600)
+    assert "| experts + merge ties | 0.0656 | 0.636 |" in text   # 236 s in hours; 150 / 236
 
 
 def test_report_says_what_is_missing(tmp_path):
     text = analyze.run_report(analyze.ReportConfig(runs=str(tmp_path / "none"), out=str(tmp_path / "a"),
                                                    device="cpu"))
-    assert text.count("**Not available:**") == 7
+    assert text.count("**Not available:**") == 8
     assert (tmp_path / "a" / "report.md").read_text() == text
 
 
@@ -594,3 +602,68 @@ def test_cli_lists_take_commas_and_spaces():
         analyze.parse_named(["a=x", "a=y"])
     with pytest.raises(AssertionError, match="unknown domains"):
         analyze.EvalConfig(domains=["chess"])
+
+
+def fake_run(root: Path, name: str, config: dict, wall_s: float, model_files: bool = True) -> str:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"config": config, "wall_s": wall_s, "world_size": 1, "device": "cpu",
+                                            "device_hours": wall_s / 3600}))
+    if model_files:   # what find_checkpoint looks for; no weights are read here
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"")
+    return str(d)
+
+
+def test_discover_kinds_cost_and_merge_comparison(tmp_path):
+    p = {"math": fake_run(tmp_path, "math", {"domains": ["math"]}, 100.0),
+         "code": fake_run(tmp_path, "code", {"domains": ["code"]}, 100.0),
+         "mixed": fake_run(tmp_path, "mixed", {"domains": ["math", "code"]}, 150.0),
+         "opd": fake_run(tmp_path, "opd", {"domains": ["math", "code"], "teachers": "math=a,code=b"}, 120.0)}
+    # a merge folder that also holds a run.json, as merge.py copies one from a base run folder
+    p["ties"] = fake_run(tmp_path, "ties", {"domains": ["math", "code"]}, 999.0)
+    (tmp_path / "ties" / "merge_report.json").write_text(json.dumps(
+        {"method": "ties", "wall_s": 36.0, "summary": {"kept": [0.2, 0.4], "sign_conflict": 0.1, "update_norm": 2.5}}))
+    found = analyze.discover(tmp_path)
+    assert {n: t["kind"] for n, t in found["train"].items()} == {"math": "expert", "code": "expert",
+                                                                 "mixed": "mixed", "opd": "opd"}
+    assert list(found["merged"]) == ["ties"]
+    models = analyze.models_from_runs(found, analyze.ReportConfig(runs=str(tmp_path)))
+    assert models["distilled"] == {"opd": p["opd"]} and models["multitask"] == {"multitask": p["mixed"]}
+
+    md, cost = analyze.cost_table(found)
+    assert cost["experts_total"] == pytest.approx(200 / 3600)
+    assert cost["approaches"]["experts + merge ties"] == pytest.approx(236 / 3600)
+    assert cost["approaches"]["experts + MT-OPD run opd"] == pytest.approx(320 / 3600)
+    assert "| mixed run mixed | 0.0417 | 1 |" in md and "| experts + MT-OPD run opd | 0.0889 | 0.469 |" in md
+
+    evaluation = {"models": {"base": "tiny", "math": p["math"], "code": p["code"], "mixed": p["mixed"],
+                             "ties": p["ties"], "opd": p["opd"]},
+                  "by_domain": {"math": {"math": 0.5, "code": 0.0}, "code": {"math": 0.1, "code": 0.2},
+                                "mixed": {"math": 0.2, "code": 0.1}, "ties": {"math": 0.3, "code": 0.1},
+                                "opd": {"math": 0.1, "code": 0.1}}}
+    rows = {line.split("|")[2].strip(): line for line in
+            analyze.merge_comparison(found, models, evaluation).splitlines() if line.startswith("| ")}
+    assert rows["each on its own domain"] == "| experts | each on its own domain | 0.500 | 0.200 | 0.350 | n/a |  |  |  |"
+    assert rows["mixed"] == "| mixed | mixed | 0.200 | 0.100 | 0.150 | n/a |  |  |  |"   # named as in eval.json
+    assert rows["ties"] == "| merge | ties | 0.300 | 0.100 | 0.200 | 0.050 | 0.3 | 0.1 | 2.5 |"
+    assert rows["opd"] == "| MT-OPD | opd | 0.100 | 0.100 | 0.100 | -0.050 |  |  |  |"
+
+
+def test_report_samples_like_the_runs(tmp_path, monkeypatch):
+    """With --compute, eval and kl use the runs' math difficulty and completion budget, and weights takes
+    the trained models only (not the merges)."""
+    cfg = {"difficulty": 2, "max_new_tokens": 7}
+    fake_run(tmp_path, "math", {"domains": ["math"], **cfg}, 10.0)
+    fake_run(tmp_path, "code", {"domains": ["code"], **cfg}, 10.0)
+    fake_run(tmp_path, "mixed", {"domains": ["math", "code"], **cfg}, 10.0)
+    fake_run(tmp_path, "ties", {}, 1.0)
+    (tmp_path / "ties" / "merge_report.json").write_text(json.dumps({"method": "ties"}))
+    seen = {}
+    for fn in ("run_eval", "run_weights", "run_kl", "run_consistency"):
+        monkeypatch.setattr(analyze, fn, lambda c, fn=fn: seen.setdefault(fn, c))
+    analyze.run_report(analyze.ReportConfig(runs=str(tmp_path), out=str(tmp_path / "a"), base="b", device="cpu"))
+    assert (seen["run_eval"].difficulty, seen["run_eval"].max_new_tokens) == (2, 7)
+    assert (seen["run_kl"].difficulty, seen["run_kl"].max_new_tokens) == (2, 7)
+    assert [m.split("=")[0] for m in seen["run_weights"].models] == ["math", "code", "multitask"]
+    assert [m.split("=")[0] for m in seen["run_eval"].models] == ["base", "math", "code", "multitask", "ties"]
