@@ -1,0 +1,197 @@
+"""experiment.py: the stage plan, the skip/redo rule, --preset paper writing commands only, and a cut-down
+pipeline run end to end (2 domains, 2 steps, 2 merge methods, tiny eval) whose report.md has every table."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--domains", "math,code", "--steps", "2", "--methods", "ties,dare",
+         "--train-args=--mix uniform --filter-zero-var --prompts-per-step 4 --group-size 2",
+         "--opd-args=--mix uniform --prompts-per-step 4 --group-size 2",
+         "--eval-problems", "2", "--eval-k", "1", "--kl-problems", "2", "--max-new-tokens", "8"]
+
+
+def small_cfg(out) -> experiment.Config:
+    return experiment.cli(["--out", str(out), *SMALL])
+
+
+def test_cli_parses_comma_lists_and_rejects_unknown_names(tmp_path):
+    cfg = small_cfg(tmp_path)
+    assert cfg.domains == ("math", "code") and cfg.methods == ["ties", "dare"] and cfg.steps == 2
+    with pytest.raises(ValueError, match="unknown merge method"):
+        experiment.Config(methods=["ties", "nope"])
+    with pytest.raises(ValueError, match="unknown domain"):
+        experiment.Config(domains=("math", "poetry"))
+
+
+def test_plan_orders_stages_and_wires_experts_into_merges_and_opd(tmp_path):
+    stages = experiment.plan(small_cfg(tmp_path))
+    names = [s.name for s in stages]
+    assert names == ["base", "train/math", "train/code", "train/mixed", "merge/ties", "merge/dare", "train/opd",
+                     "eval", "weights", "kl", "consistency", "report"]
+    made = set()
+    for s in stages:   # a stage only reads what an earlier stage writes
+        assert set(s.inputs) <= made, (s.name, set(s.inputs) - made)
+        made |= set(s.outputs)
+    by = {s.name: s for s in stages}
+    runs = tmp_path / "runs"
+    base = str(tmp_path / "base" / "checkpoints" / "step_000000")
+    assert by["merge/ties"].cmd[by["merge/ties"].cmd.index("--base") + 1] == base
+    assert by["merge/dare"].cmd[by["merge/dare"].cmd.index("--models") + 1] == f"{runs / 'math'},{runs / 'code'}"
+    opd = by["train/opd"].cmd
+    assert opd[opd.index("--teachers") + 1] == f"math={runs / 'math'},code={runs / 'code'}"
+    assert opd[opd.index("--domains") + 1] == "math,code"
+    # every training run: the same step count, resumable, one process on CPU
+    for name in ("train/math", "train/code", "train/mixed", "train/opd"):
+        assert by[name].train_steps == 2 and "--resume" in by[name].cmd and by[name].cmd[:2] == ["python", "train.py"]
+    assert by["base"].cmd[by["base"].cmd.index("--steps") + 1] == "0"
+
+
+def test_steps_default_to_train_presets(tmp_path):
+    by = {s.name: s for s in experiment.plan(experiment.Config(out=str(tmp_path)))}
+    import train
+    assert by["train/math"].train_steps == train.PRESETS["tiny"].steps
+    assert "--steps" not in by["train/math"].cmd
+
+
+def touch(path: Path, when: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+    os.utime(path, (when, when))
+
+
+def test_done_needs_outputs_same_command_and_fresh_inputs(tmp_path):
+    cfg = experiment.Config(out=str(tmp_path))
+    a = experiment.Stage("a", ["python", "a.py"], [str(tmp_path / "a.out")])
+    b = experiment.Stage("b", ["python", "b.py"], [str(tmp_path / "b.out")], inputs=[str(tmp_path / "a.out")])
+    assert not experiment.is_done(cfg, a)          # nothing yet
+    now = time.time()
+    touch(tmp_path / "a.out", now - 10)
+    assert not experiment.is_done(cfg, a)          # output without the stamp of the command that made it
+    for s in (a, b):
+        experiment.fresh_start(cfg, s)
+    touch(tmp_path / "b.out", now - 5)
+    assert experiment.is_done(cfg, a) and experiment.is_done(cfg, b)
+    assert experiment.to_run(cfg, [a, b]) == []
+    touch(tmp_path / "a.out", now)                 # input newer than b's output: b is stale
+    assert experiment.is_done(cfg, a) and not experiment.is_done(cfg, b)
+    assert [s.name for s in experiment.to_run(cfg, [a, b])] == ["b"]
+    touch(tmp_path / "b.out", now + 5)
+    a2 = experiment.Stage("a", ["python", "a.py", "--other"], a.outputs)   # a's command changed: a and b redo
+    assert [s.name for s in experiment.to_run(cfg, [a2, b])] == ["a", "b"]
+
+
+def test_fresh_start_keeps_a_killed_training_run_and_cleans_a_changed_one(tmp_path):
+    cfg = experiment.Config(out=str(tmp_path))
+    run = tmp_path / "runs" / "math"
+    stage = experiment.Stage("train/math", ["python", "train.py", "--steps", "5"], [str(run / "run.json")],
+                             clean=[str(run)], train_steps=5)
+    experiment.fresh_start(cfg, stage)
+    touch(run / "checkpoints" / "step_000000" / "model.safetensors", time.time())
+    experiment.fresh_start(cfg, stage)             # same command, never finished: kept for --resume
+    assert (run / "checkpoints").exists()
+    changed = experiment.Stage("train/math", ["python", "train.py", "--steps", "9"], stage.outputs,
+                               clean=stage.clean, train_steps=9)
+    experiment.fresh_start(cfg, changed)           # another command: start over
+    assert not run.exists()
+
+
+def test_paper_preset_writes_the_commands_and_runs_nothing(tmp_path):
+    out = tmp_path / "paper"
+    experiment.main(experiment.cli(["--preset", "paper", "--out", str(out)]))
+    assert sorted(p.name for p in out.iterdir()) == ["commands.sh"]
+    script = (out / "commands.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(out / "commands.sh")]).returncode == 0   # valid bash
+    lines = [line for line in script.splitlines() if line and not line.startswith("#")]
+    train_lines = [line for line in lines if " train.py " in line]
+    launch = "torchrun --standalone --nproc_per_node=8 train.py"
+    # 4 experts, mixed and MT-OPD on 8 GPUs with the paper presets; the base saved by one process
+    assert sum(line.startswith(launch + " --preset paper ") for line in train_lines) == 5
+    assert sum(line.startswith(launch + " --preset paper-opd ") for line in train_lines) == 1
+    assert all("--model /path/to/Qwen3-4B-Base-SFT" in line for line in train_lines)
+    assert all("--data /path/to/Nemotron-3-Nano-RL-Training-Blend/train.jsonl" in line for line in train_lines)
+    assert "--teachers math=out/paper/runs/math,code=out/paper/runs/code,science=out/paper/runs/science," \
+           "if=out/paper/runs/if".replace("out/paper", str(out)) in script
+    import merge
+    assert [m for m in merge.METHODS if f"merge.py --method {m} " in script] == list(merge.METHODS)
+    assert "--max-new-tokens 8192" in script and "aime24=/path/to/benchmarks/aime24.jsonl" in script
+    assert lines[-1].startswith("python analyze.py report")
+
+
+def test_failed_stage_is_named_with_its_log(tmp_path):
+    r = subprocess.run([sys.executable, "experiment.py", "--out", str(tmp_path), *SMALL, "--model",
+                        str(tmp_path / "no-such-model")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "stage 'base' failed" in r.stderr and str(tmp_path / "logs" / "base.log") in r.stderr
+    assert "no-such-model" in r.stderr   # the tail of the log says why
+
+
+def numbers(row: str) -> list[float]:
+    return [float(c) for c in row.strip("|").split("|")[1:] if re.fullmatch(r"\s*-?[0-9.]+(e-?\d+)?\s*", c)]
+
+
+def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
+    cmd = [sys.executable, "experiment.py", "--out", str(tmp_path), *SMALL]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    # the base every merge is taken against is the step-0 model of every run (kept: 2 steps, 2 checkpoints)
+    from safetensors.torch import load_file
+    base = load_file(tmp_path / "base" / "checkpoints" / "step_000000" / "model.safetensors")
+    for name in ("math", "code", "mixed", "opd"):
+        step0 = load_file(runs / name / "checkpoints" / "step_000000" / "model.safetensors")
+        assert base.keys() == step0.keys() and all(base[k].equal(step0[k]) for k in base)
+    import json
+    for name in ("math", "code", "mixed", "opd"):
+        info = json.loads((runs / name / "run.json").read_text())
+        assert info["steps_done"] == 2 and (runs / name / "model.safetensors").exists()
+    assert json.loads((runs / "opd" / "run.json").read_text())["config"]["teachers"]
+    for m in ("ties", "dare"):
+        rep = json.loads((runs / f"merge-{m}" / "merge_report.json").read_text())
+        assert rep["method"] == m and rep["wall_s"] > 0
+    for name in ("eval.json", "weights.json", "kl.json", "consistency.json", "cost.json"):
+        assert (report / name).exists(), name
+
+    md = (report / "report.md").read_text()
+    assert "Not available" not in md
+    for title in ("## 1. Runs", "## 2. Training curves", "## 3. Main table", "## 4. Combining the experts",
+                  "## 5. Cost", "## 6. Weight updates", "## 7. Cross-domain KL", "## 8. Consistency"):
+        assert title in md
+    # the main table: every model with a number per domain and the mean
+    main = md[md.index("## 3."):md.index("## 4.")]
+    for model in ("base", "math", "code", "mixed", "merge-ties", "merge-dare", "opd"):
+        row = next(line for line in main.splitlines() if line.startswith(f"| {model} |"))
+        assert len(numbers(row)) == 3, row   # math, code, mean
+    # the merge comparison: both merges and MT-OPD with their means
+    comparison = md[md.index("## 4."):md.index("## 5.")]
+    for model in ("merge-ties", "merge-dare", "opd"):
+        assert re.search(rf"\| (merge|MT-OPD) \| {model} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", comparison), model
+    # the cost table: the mixed run's cost as a fraction of experts + each merge, a number
+    cost = md[md.index("## 5."):md.index("## 6.")]
+    for m in ("ties", "dare"):
+        assert len(numbers(next(line for line in cost.splitlines() if f"experts + merge merge-{m}" in line))) == 2
+    # the analyses: sparsity per model, the KL matrix, the consistency cosines, each with numbers
+    weights, kl, cons = md[md.index("## 6."):md.index("## 7.")], md[md.index("## 7."):md.index("## 8.")], \
+        md[md.index("## 8."):]
+    for model in ("math", "code", "mixed", "opd"):
+        assert re.search(rf"\| {model} \| [0-9.]+ \([0-9.]+\) \|", weights), model
+    for d in ("math", "code"):
+        assert re.search(rf"\| {d} data \(\d+ tokens\) \| [0-9.]+ / [0-9.]+ \|", kl), d
+    cell = r"(?:[0-9.]+ \[[0-9.]+, [0-9.]+\]|n/a \[n/a, n/a\])"   # n/a: no gain over the base in 2 steps
+    for model in ("mixed", "merge-ties", "merge-dare", "opd"):   # math, code, all
+        assert re.search(rf"\| {model} \| {cell} \| {cell} \| {cell} \|", cons), model
+    for png in re.findall(r"\]\(([\w.]+\.png)\)", md):   # every plot the report shows exists
+        assert (report / png).stat().st_size > 1000, png
+    assert len(re.findall(r"\]\(([\w.]+\.png)\)", md)) >= 9
+
+    # a second run finds everything done and runs nothing
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "(0 stages run, 12 skipped)" in r.stdout, r.stdout[-2000:]
