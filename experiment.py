@@ -2,8 +2,8 @@
 the experts with every merge.py method, MT-OPD from the experts, then the evaluation, the analyses and
 report.md (M2RL, arXiv 2602.12566: "To Mix or To Merge").
 
-    python experiment.py                       # tiny CPU default, about 15 minutes on 2 cores:
-                                               # out/experiment/report/report.md and its plots
+    python experiment.py                       # tiny CPU default, 8-15 minutes on 2 cores (8.3 measured
+                                               # on idle cores): out/experiment/report/report.md, plots
     python experiment.py --steps 20 --domains math,code --methods ties,dare    # a smaller run
     python experiment.py --train-args="--mix proportional"    # flags passed on to train.py: note the "="
     python experiment.py --preset paper        # writes out/paper/commands.sh for one 8-GPU node, runs nothing
