@@ -54,6 +54,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import time
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -757,15 +758,21 @@ def safetensors_header(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]]) 
 WEIGHT_FILES = ("model.safetensors.index.json", "merge_report.json", "pytorch_model.bin.index.json")
 
 
+def is_side_file(name: str) -> bool:
+    """What a loadable HF model needs besides its weights: config, generation config, tokenizer files, chat
+    template. Anything else in the base folder (a train.py run's run.json or metrics.jsonl) is not copied."""
+    return (name in ("config.json", "generation_config.json", "chat_template.jinja", "chat_template.json")
+            or name.startswith(("tokenizer", "special_tokens_map", "added_tokens", "vocab.", "merges.txt"))
+            or name.endswith((".model", ".tiktoken")))
+
+
 def copy_side_files(src: str, dst: str, dtype_name: str | None) -> None:
-    """Copy everything in the base directory except weights (config, tokenizer, generation config, chat template),
-    setting config.json's dtype when the output dtype was chosen."""
+    """Copy the base directory's side files (see is_side_file), setting config.json's dtype when the output
+    dtype was chosen."""
     for entry in os.listdir(src):
         path = os.path.join(src, entry)
-        if (not os.path.isfile(path) or entry in WEIGHT_FILES
-                or entry.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt"))):
-            continue
-        shutil.copy2(path, os.path.join(dst, entry))
+        if os.path.isfile(path) and is_side_file(entry) and entry not in WEIGHT_FILES:
+            shutil.copy2(path, os.path.join(dst, entry))
     if dtype_name is not None:
         with open(os.path.join(dst, "config.json")) as f:
             config = json.load(f)
@@ -787,6 +794,7 @@ def sha256_file(path: str) -> str:
 
 def main(cfg: Config) -> dict:
     """Run the merge described by cfg; return the report that is also written to <out>/merge_report.json."""
+    t_start = time.time()
     weights = check_config(cfg)
     out_dir = os.path.abspath(cfg.out)
     if os.path.exists(out_dir) and not cfg.overwrite:
@@ -877,6 +885,7 @@ def main(cfg: Config) -> dict:
             },
             "tensors": stats,
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "wall_s": time.time() - t_start,   # the cost table of analyze.py report reads it
         }
         with open(os.path.join(tmp, "merge_report.json"), "w") as f:
             json.dump(report, f, indent=1)

@@ -557,3 +557,17 @@ def test_config_file_errors(tmp_path):
         cli(["--config", str(tmp_path / "b.yaml")])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         cli(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_run_files_in_the_base_folder_are_not_copied(ckpts, tmp_path):
+    """A train.py run folder as base: its run.json / metrics.jsonl must not make the merge look like a run."""
+    import shutil
+    base = tmp_path / "base_run"
+    shutil.copytree(ckpts["base"], base)
+    for name in ("run.json", "metrics.jsonl", "samples.jsonl"):
+        (base / name).write_text("{}\n")
+    out, report = run(ckpts, tmp_path, base=str(base), method="average")
+    files = set(os.listdir(out))
+    assert not files & {"run.json", "metrics.jsonl", "samples.jsonl"}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "merge_report.json"} <= files
+    assert report["wall_s"] > 0
