@@ -530,8 +530,10 @@ def teacher_logp_advantage(teachers: dict, chunk: list[dict], ids, attn, targets
     logps = torch.zeros((len(names),) + tuple(targets.shape), device=device)
     with torch.no_grad():
         for i, name in enumerate(names):
-            if present[i]:
-                logps[i] = token_logprobs(*final_hidden(teachers[name], ids, attn), targets, cfg.temperature)
+            if present[i]:   # each teacher scores only its own domain's rows (one row when this rank has none)
+                rows = (which == i).nonzero().squeeze(1) if (which == i).any() else torch.zeros(1, dtype=torch.long, device=device)
+                logps[i, rows] = token_logprobs(*final_hidden(teachers[name], ids[rows], attn[rows]), targets[rows],
+                                                cfg.temperature)
     return teacher_advantage(logps, which, student_logp)
 
 
@@ -606,11 +608,12 @@ def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: C
         if n:
             out.update({f"reward/{d}": rw / n, f"acc/{d}": acc / n, f"len/{d}": length / n})
     n, rw, _, length, trunc = per[D]
-    tokens = max(tot["tokens"], 1.0)
-    return {"reward": rw / max(n, 1), **out, "truncated": trunc / max(n, 1), "zero_var_frac": n_zero / max(n_groups, 1),
-            "reward_errors": n_err, "loss": tot["loss"], "clip_frac": tot["clip_frac"] / tokens,
-            "entropy": tot["entropy"] / tokens, "kl": tot["kl"] / tokens, "teacher_kl": tot["teacher_kl"] / tokens,
-            "completion_tokens": length}
+    out = {"reward": rw / max(n, 1), **out, "truncated": trunc / max(n, 1), "zero_var_frac": n_zero / max(n_groups, 1),
+           "reward_errors": n_err, "loss": tot["loss"], "completion_tokens": length}
+    if tot["tokens"]:   # per trained token; absent on a step that trained nothing (every group filtered)
+        out.update({k: tot[k] / tot["tokens"] for k in ("clip_frac", "entropy", "kl", "teacher_kl")
+                    if k != "teacher_kl" or cfg.teachers})
+    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
