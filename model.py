@@ -1,4 +1,5 @@
-"""Model and tokenizer loading, batched sampling, and atomic checkpoints.
+"""Model and tokenizer loading, batched sampling, and atomic checkpoints (HF models, and train.py's
+resumable FSDP checkpoints: save_checkpoint, latest_checkpoint, load_optimizer).
 
     from model import load_model, load_tokenizer, generate, save_pretrained
     tok, net = load_tokenizer("tiny"), load_model("tiny")
@@ -24,6 +25,7 @@ import shutil
 import tempfile
 
 import torch
+import torch.distributed as dist
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast,
                           Qwen3Config, Qwen3ForCausalLM)
 
@@ -223,6 +225,51 @@ def save_pretrained(model, tokenizer, out_dir: str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    ckpts = sorted(d for d in os.listdir(os.path.join(run_dir, "checkpoints"))
+                   if d.startswith("step_")) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
+    return os.path.join(run_dir, "checkpoints", ckpts[-1]) if ckpts else None
+
+
+def full_state(model, optimizer):
+    """Full (unsharded) model and optimizer state dicts on rank 0, gathered tensor by tensor to CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, \
+        get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def save_checkpoint(run_dir: str, step: int, model, optimizer, tokenizer, template, state: dict, rank: int,
+                    keep: int) -> None:
+    """checkpoints/step_N/ (HF model + trainer_state.pt), then the HF files copied to run_dir's top.
+    Written to a temp dir and renamed, so a run killed mid-save keeps its previous checkpoint intact."""
+    model_sd, optim_sd = full_state(model, optimizer)   # collective: every rank takes part
+    if rank != 0:
+        return
+    with torch.device("cpu"):
+        template.load_state_dict(model_sd)
+    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
+    save_pretrained(template, tokenizer, ckpt)
+    tmp = os.path.join(ckpt, "trainer_state.pt.tmp")
+    torch.save({"optimizer": optim_sd, **state}, tmp)
+    os.replace(tmp, os.path.join(ckpt, "trainer_state.pt"))
+    for name in os.listdir(ckpt):  # the newest model also lives at the run's top, for merge/analyze
+        if name != "trainer_state.pt":
+            shutil.copyfile(os.path.join(ckpt, name), os.path.join(run_dir, name + ".tmp"))
+            os.replace(os.path.join(run_dir, name + ".tmp"), os.path.join(run_dir, name))
+    old = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep]
+    for d in old:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints", d), ignore_errors=True)
+
+
+def load_optimizer(model, optimizer, path: str | None) -> None:
+    """Rank 0 reads the full optimizer state; it is broadcast and sharded like the model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    sd = torch.load(path, map_location="cpu", weights_only=False)["optimizer"] if path else {}
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized())
+    set_optimizer_state_dict(model, optimizer, sd, options=opts)
 
 
 if __name__ == "__main__":

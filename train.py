@@ -31,12 +31,10 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -249,64 +247,6 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
-
-
-# ----------------------------------------------------------------------------- data
-
-def mix_weights(mix: str, domains: tuple[str, ...]) -> dict[str, float] | None:
-    """None for the pooled shuffle (proportional to data), else normalised per-domain weights."""
-    if mix == "proportional":
-        return None
-    if mix == "uniform":
-        return {d: 1.0 / len(domains) for d in domains}
-    weights = {}
-    for part in mix.split(","):
-        name, _, value = part.partition("=")
-        if name not in domains:
-            raise ValueError(f"--mix names {name!r}, which is not among --domains {','.join(domains)}")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--mix {part!r}: expected DOMAIN=NUMBER") from None
-    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"--mix {mix!r}: weights must be >= 0 with a positive sum")
-    total = sum(weights.values())
-    return {d: weights.get(d, 0.0) / total for d in domains}
-
-
-def split_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
-    """n items split by weights with largest remainders, so counts sum to n exactly."""
-    raw = {d: n * w for d, w in weights.items()}
-    counts = {d: int(math.floor(r)) for d, r in raw.items()}
-    for d in sorted(raw, key=lambda d: counts[d] - raw[d])[: n - sum(counts.values())]:
-        counts[d] += 1
-    return counts
-
-
-@lru_cache(maxsize=64)
-def _permutation(n: int, seed: int, salt: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, salt, epoch]).permutation(n)
-
-
-def take(rows: list[dict], start: int, k: int, seed: int, salt: int) -> list[dict]:
-    """Items start..start+k of an endless stream of seeded shuffles of rows (one shuffle per epoch)."""
-    out = []
-    for i in range(start, start + k):
-        epoch, j = divmod(i, len(rows))
-        out.append(rows[_permutation(len(rows), seed, salt, epoch)[j]])
-    return out
-
-
-def batch_for_step(pools: dict[str, list[dict]], weights, step: int, n: int, seed: int) -> list[dict]:
-    """The n prompts of one step: a pure function of the step, so a resumed run sees the same data."""
-    if weights is None:  # pooled shuffle: each domain appears in proportion to its number of rows
-        pooled = [r for d in pools for r in pools[d]]
-        return take(pooled, step * n, n, seed, salt=0)
-    batch = []
-    for i, (d, k) in enumerate(split_counts(n, weights).items()):
-        batch += take(pools[d], step * k, k, seed, salt=i + 1) if k else []
-    order = np.random.default_rng([seed, step]).permutation(len(batch))  # mix domains across ranks
-    return [batch[i] for i in order]
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -618,51 +558,6 @@ def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: C
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    ckpts = sorted(d for d in os.listdir(os.path.join(run_dir, "checkpoints"))
-                   if d.startswith("step_")) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
-    return os.path.join(run_dir, "checkpoints", ckpts[-1]) if ckpts else None
-
-
-def full_state(model, optimizer):
-    """Full (unsharded) model and optimizer state dicts on rank 0, gathered tensor by tensor to CPU."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, \
-        get_optimizer_state_dict
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def save_checkpoint(run_dir: str, step: int, model, optimizer, tokenizer, template, state: dict, rank: int,
-                    keep: int) -> None:
-    """checkpoints/step_N/ (HF model + trainer_state.pt), then the HF files copied to run_dir's top.
-    Written to a temp dir and renamed, so a run killed mid-save keeps its previous checkpoint intact."""
-    model_sd, optim_sd = full_state(model, optimizer)   # collective: every rank takes part
-    if rank != 0:
-        return
-    with torch.device("cpu"):
-        template.load_state_dict(model_sd)
-    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
-    modeling.save_pretrained(template, tokenizer, ckpt)
-    tmp = os.path.join(ckpt, "trainer_state.pt.tmp")
-    torch.save({"optimizer": optim_sd, **state}, tmp)
-    os.replace(tmp, os.path.join(ckpt, "trainer_state.pt"))
-    for name in os.listdir(ckpt):  # the newest model also lives at the run's top, for merge/analyze
-        if name != "trainer_state.pt":
-            shutil.copyfile(os.path.join(ckpt, name), os.path.join(run_dir, name + ".tmp"))
-            os.replace(os.path.join(run_dir, name + ".tmp"), os.path.join(run_dir, name))
-    old = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep]
-    for d in old:
-        shutil.rmtree(os.path.join(run_dir, "checkpoints", d), ignore_errors=True)
-
-
-def load_optimizer(model, optimizer, path: str | None) -> None:
-    """Rank 0 reads the full optimizer state; it is broadcast and sharded like the model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    sd = torch.load(path, map_location="cpu", weights_only=False)["optimizer"] if path else {}
-    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized())
-    set_optimizer_state_dict(model, optimizer, sd, options=opts)
-
-
 def truncate_jsonl(path: str, last_step: int) -> None:
     """Drop log lines past the checkpoint a resumed run restarts from."""
     if not os.path.exists(path):
@@ -705,12 +600,12 @@ def main(cfg: Config) -> None:
     empty = [d for d, p in pools.items() if not p]
     if empty:
         raise SystemExit(f"{cfg.data}: no training rows for domain(s) {', '.join(empty)}")
-    weights = mix_weights(cfg.mix, cfg.domains)
+    weights = data.mix_weights(cfg.mix, cfg.domains)
 
     # --- model: resume from the last checkpoint or start from cfg.model
     run_name = cfg.run_name or "-".join(cfg.domains)
     run_dir = os.path.join(cfg.out_dir, run_name)
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    ckpt = modeling.latest_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
     state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False) \
@@ -750,7 +645,8 @@ def main(cfg: Config) -> None:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     if ckpt:
-        load_optimizer(policy, optimizer, os.path.join(ckpt, "trainer_state.pt") if master or not distributed else None)
+        modeling.load_optimizer(policy, optimizer,
+                                os.path.join(ckpt, "trainer_state.pt") if master or not distributed else None)
     start = state["step"]
 
     # --- outputs
@@ -771,7 +667,7 @@ def main(cfg: Config) -> None:
             tracker = wandb.init(project="m2rl", name=run_name, config=asdict(cfg))
     if cfg.steps == 0 or start == 0:
         # step 0 is the starting model: the common base that merge.py and analyze.py compare against
-        save_checkpoint(run_dir, 0, policy, optimizer, tokenizer, template, state, rank, cfg.keep_checkpoints)
+        modeling.save_checkpoint(run_dir, 0, policy, optimizer, tokenizer, template, state, rank, cfg.keep_checkpoints)
     if cfg.steps == 0:
         return _finish(run_dir, cfg, state, world, device, master, time.time())
 
@@ -781,7 +677,7 @@ def main(cfg: Config) -> None:
     for step in bar:
         t0 = time.time()
         # --- rollout: every rank takes its slice of the step's prompts; a prompt's group stays on one rank
-        batch = batch_for_step(pools, weights, step, cfg.prompts_per_step, cfg.seed)[rank::world]
+        batch = data.batch_for_step(pools, weights, step, cfg.prompts_per_step, cfg.seed)[rank::world]
         samples, sync_s = rollout(policy, engine, tokenizer, batch, cfg, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
         t2 = time.time()
         t1 = t0 + sync_s
@@ -831,9 +727,9 @@ def main(cfg: Config) -> None:
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", **{d: f"{metrics.get(f'reward/{d}', 0):.2f}" for d in cfg.domains})
         if bad_steps >= cfg.max_bad_steps:
             raise SystemExit(f"step {step + 1}: {bad_steps} steps in a row had a non-finite loss or gradient; "
-                             f"stopping (lower --lr, check the data, or resume from {latest_checkpoint(run_dir)})")
+                             f"stopping (lower --lr, check the data, or resume from {modeling.latest_checkpoint(run_dir)})")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(run_dir, step + 1, policy, optimizer, tokenizer, template, state, rank,
+            modeling.save_checkpoint(run_dir, step + 1, policy, optimizer, tokenizer, template, state, rank,
                             cfg.keep_checkpoints)
     if cfg.rollout == "sglang":
         engine.shutdown()

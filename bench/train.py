@@ -17,7 +17,7 @@ max_new_tokens new tokens, all read from train.PRESETS["tiny"], never restated h
   m2rl   `python train.py` and `torchrun --nproc_per_node N train.py` in subprocesses; the figures come
          from their metrics.jsonl (time/sync, time/rollout, time/reward, time/train, tokens_per_s).
   TRL    GRPOTrainer in a subprocess under --trl-python (this same file, run as `trl-worker`), fed the
-         very prompts m2rl sees at each step (train.batch_for_step, in order, shuffle off).
+         very prompts m2rl sees at each step (data.batch_for_step, in order, shuffle off).
 The first --warmup steps of each run are dropped (allocator, first generate), then per step:
   rollout s   m2rl: sync + rollout (weight copy into the rollout copy, chat template, HF generate, decode).
               TRL: GRPOTrainer._generate (chat template, HF generate on the policy itself, decode).
@@ -162,9 +162,9 @@ def step_prompts(tcfg: train.Config) -> list[dict]:
     """The rows train.py trains on at each step, in order: prompts_per_step per step."""
     rows = data.load(tcfg.data, list(tcfg.domains), "train", seed=tcfg.seed, difficulty=tcfg.difficulty)
     pools = {d: [r for r in rows if r["domain"] == d] for d in tcfg.domains}
-    weights = train.mix_weights(tcfg.mix, tcfg.domains)
+    weights = data.mix_weights(tcfg.mix, tcfg.domains)
     return [r for step in range(tcfg.steps)
-            for r in train.batch_for_step(pools, weights, step, tcfg.prompts_per_step, tcfg.seed)]
+            for r in data.batch_for_step(pools, weights, step, tcfg.prompts_per_step, tcfg.seed)]
 
 
 def run_trl(cfg: Config, tcfg: train.Config, tmp: str) -> list[dict]:

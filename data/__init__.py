@@ -3,11 +3,13 @@
     import data
     rows = data.load("embedded", ["math", "code"], "train", seed=0)      # generated, offline
     rows = data.load("blend/train.jsonl", ["math", "code"], "train")     # a file: row schema or Nemotron blend
+    batch = data.batch_for_step({"math": rows}, None, step=0, n=8, seed=0)   # one step's prompts (data/mix.py)
 """
 
 from data.embedded import embedded, humaneval_rows
 from data.loaders import (CONVERTERS, DOMAINS, convert_aime, convert_gpqa, convert_ifeval, convert_livecodebench,
                           convert_mmlu_redux, convert_nemotron, detect_format, load_file, read_jsonl, validate_row)
+from data.mix import batch_for_step, mix_weights, split_counts, take
 
 
 def load(spec: str, domains: list[str], split: str, *, seed: int = 0, difficulty: int = 1) -> list[dict]:

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import data
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,28 +49,28 @@ def test_paper_preset_and_override():
 # --- data order
 
 def test_split_counts_and_mix():
-    assert train.split_counts(10, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 3, "c": 2} or \
-        train.split_counts(10, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 2, "c": 3}
-    assert sum(train.split_counts(7, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}).values()) == 7
-    assert train.mix_weights("proportional", ("math", "code")) is None
-    assert train.mix_weights("uniform", ("math", "code")) == {"math": 0.5, "code": 0.5}
-    assert train.mix_weights("math=3,code=1", ("math", "code")) == {"math": 0.75, "code": 0.25}
+    assert data.split_counts(10, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 3, "c": 2} or \
+        data.split_counts(10, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 2, "c": 3}
+    assert sum(data.split_counts(7, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}).values()) == 7
+    assert data.mix_weights("proportional", ("math", "code")) is None
+    assert data.mix_weights("uniform", ("math", "code")) == {"math": 0.5, "code": 0.5}
+    assert data.mix_weights("math=3,code=1", ("math", "code")) == {"math": 0.75, "code": 0.25}
     with pytest.raises(ValueError, match="not among --domains"):
-        train.mix_weights("science=1", ("math", "code"))
+        data.mix_weights("science=1", ("math", "code"))
 
 
 def test_batch_for_step_is_deterministic_and_follows_ratios():
     pools = {"math": [{"id": f"m{i}", "domain": "math"} for i in range(30)],
              "code": [{"id": f"c{i}", "domain": "code"} for i in range(10)]}
-    a = train.batch_for_step(pools, None, 3, 8, seed=1)
-    assert a == train.batch_for_step(pools, None, 3, 8, seed=1)
-    assert a != train.batch_for_step(pools, None, 4, 8, seed=1)
+    a = data.batch_for_step(pools, None, 3, 8, seed=1)
+    assert a == data.batch_for_step(pools, None, 3, 8, seed=1)
+    assert a != data.batch_for_step(pools, None, 4, 8, seed=1)
     # the pooled stream visits every row once per epoch (40 rows = 5 steps of 8)
-    seen = [r["id"] for s in range(5) for r in train.batch_for_step(pools, None, s, 8, seed=1)]
+    seen = [r["id"] for s in range(5) for r in data.batch_for_step(pools, None, s, 8, seed=1)]
     assert sorted(seen) == sorted(r["id"] for p in pools.values() for r in p)
-    w = train.mix_weights("uniform", ("math", "code"))
+    w = data.mix_weights("uniform", ("math", "code"))
     for step in range(6):
-        b = train.batch_for_step(pools, w, step, 8, seed=1)
+        b = data.batch_for_step(pools, w, step, 8, seed=1)
         assert sum(r["domain"] == "code" for r in b) == 4
 
 
