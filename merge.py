@@ -6,6 +6,9 @@
     python merge.py --help                               # every knob, with its default
 
 No GPU and no torchrun: merging is a read-add-write pass over the checkpoints. Run it on one process anywhere.
+Memory does not grow with the model: average, task_arithmetic, dare and breadcrumbs hold the base tensor, one
+expert's delta and the running sum (about 4x the largest tensor); the other methods hold all N deltas of one tensor
+(about N + 4 times it). bench/merge.py measures it.
 
 Notation: the base weights theta_0 (the common starting checkpoint), N experts theta_i, task vectors
 delta_i = theta_i - theta_0, per-model weights a_i (--weights, default 1) and a scale lam (--lam, default 1).
@@ -508,11 +511,59 @@ def della_prune(delta: torch.Tensor, density: float, epsilon: float, seed: int, 
     return delta if rescale == "inverse" else match_l1(delta, before)
 
 
+class SignCounter:
+    """Fraction of positions where some delta_i is positive and another negative, fed one delta_i at a time:
+    two bool tensors of the shape, not an (N, *shape) temporary."""
+
+    def __init__(self):
+        self.pos = self.neg = None
+
+    def add(self, d: torch.Tensor) -> None:
+        if self.pos is None:
+            self.pos, self.neg = d > 0, d < 0
+        else:
+            self.pos |= d > 0
+            self.neg |= d < 0
+
+    def fraction(self) -> float:
+        if self.pos is None or self.pos.numel() == 0:
+            return 0.0
+        return int(torch.count_nonzero(self.pos.logical_and_(self.neg))) / self.pos.numel()
+
+
 def sign_conflict(D: torch.Tensor) -> float:
     """Fraction of positions where some D_i is positive and another negative."""
-    if D[0].numel() == 0:
-        return 0.0
-    return float(((D.amax(0) > 0) & (D.amin(0) < 0)).float().mean())
+    counter = SignCounter()
+    for i in range(D.shape[0]):
+        counter.add(D[i])
+    return counter.fraction()
+
+
+LINEAR = ("average", "task_arithmetic", "dare", "breadcrumbs")
+
+
+def linear_merge(cfg: Config, name: str, deltas: typing.Iterable[torch.Tensor], a: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict]:
+    """The merged task vector of the methods that add (possibly sparsified) task vectors: average, task_arithmetic,
+    dare and breadcrumbs. `deltas` yields delta_0, ..., delta_{N-1} one at a time (it may reuse one buffer, which
+    is modified in place), so memory holds one delta, the running sum and two sign masks, never all N deltas.
+    The sum runs in model order, a_0 delta_0 + a_1 delta_1 + ..., the same rounding as summing a stacked tensor."""
+    m, unit = cfg.method, bool((a == 1).all())
+    acc, kept, signs = None, [], SignCounter()
+    for i, d in enumerate(deltas):
+        if m == "dare":
+            dare_drop(d, cfg.p, tensor_seed(cfg.seed, i, name, "dare"), cfg.rescale)
+        elif m == "breadcrumbs":
+            d.mul_(breadcrumbs_mask(d, cfg.crumbs_density, cfg.crumbs_gamma))
+        kept.append(int(torch.count_nonzero(d)) / max(1, d.numel()))
+        signs.add(d)
+        if not unit:
+            d = d.mul_(a[i])
+        acc = d.clone() if acc is None else acc.add_(d)
+    stats = {"kept": kept, "sign_conflict": signs.fraction()}
+    if m == "average":
+        return acc.div_(float(a.sum())), stats
+    return acc.mul_(cfg.lam), stats
 
 
 def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -> tuple[torch.Tensor, list, float]:
@@ -531,7 +582,6 @@ def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -
     scratch = torch.empty(D.shape[1:])
     for i in range(D.shape[0]):  # agree_i = [v_i * s > 0]: the same sign as elected, and nonzero
         torch.gt(torch.mul(D[i], elected, out=scratch), 0, out=agree[i])
-    del scratch
     if elect != "weighted" and not unit:
         D.mul_(w)
     merged = D.mul_(agree).sum(0)
@@ -539,8 +589,10 @@ def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -
     if disjoint == "mean":
         if unit and D.shape[0] < 256:  # counting through a uint8 view: far faster than a bool reduction on CPU
             divisor = agree.view(torch.uint8).sum(0, dtype=torch.uint8).to(torch.float32)
-        else:
-            divisor = (agree * w).sum(0)
+        else:   # sum_i agree_i a_i, one model at a time (agree_i a_i is exact, so the order of adding is as stacked)
+            divisor = torch.zeros(D.shape[1:])
+            for i in range(D.shape[0]):
+                divisor.add_(torch.mul(agree[i], a[i], out=scratch))
         divisor[divisor == 0] = 1.0
         merged.div_(divisor)
     return merged, kept, conflict
@@ -560,7 +612,7 @@ def sce_combine(D: torch.Tensor, select: float) -> tuple[torch.Tensor, dict]:
         keep &= var > 0
         D.mul_(keep)
         stats["selected"] = float(keep.float().mean())
-    energy = D.reshape(D.shape[0], -1).square().mean(1)
+    energy = D.reshape(D.shape[0], -1).square().mean(1)   # batched: the same rounding as mergekit's SCE
     w = energy / energy.sum() if float(energy.sum()) > 0 else torch.full_like(energy, 1.0 / D.shape[0])
     merged, kept, conflict = elect_combine(D, w, "unweighted", "mean")
     stats.update(weights=[float(x) for x in w], kept=kept, sign_conflict=conflict)
@@ -610,21 +662,9 @@ def merge_tensor(cfg: Config, name: str, D: torch.Tensor, a: torch.Tensor,
     """The merged task vector of one tensor (to add to theta_0) from its task vectors D (N, *shape), and stats.
     thresholds: per-model whole-model TIES cut-offs, or None to rank within this tensor."""
     N = D.shape[0]
-    w = a.reshape((-1,) + (1,) * (D.dim() - 1))
     m = cfg.method
-    if m in ("average", "task_arithmetic", "dare", "breadcrumbs"):
-        if m == "dare":
-            for i in range(N):
-                dare_drop(D[i], cfg.p, tensor_seed(cfg.seed, i, name, "dare"), cfg.rescale)
-        if m == "breadcrumbs":
-            for i in range(N):
-                D[i].mul_(breadcrumbs_mask(D[i], cfg.crumbs_density, cfg.crumbs_gamma))
-        kept = [int(torch.count_nonzero(D[i])) / max(1, D[i].numel()) for i in range(N)]
-        conflict = sign_conflict(D)
-        merged = D.sum(0) if bool((a == 1).all()) else D.mul_(w).sum(0)
-        if m == "average":
-            return merged.div_(float(a.sum())), {"kept": kept, "sign_conflict": conflict}
-        return merged.mul_(cfg.lam), {"kept": kept, "sign_conflict": conflict}
+    if m in LINEAR:
+        return linear_merge(cfg, name, (D[i] for i in range(N)), a)
     if m in ("ties", "dare_ties", "della"):
         for i in range(N):
             if m == "ties" and cfg.top_k < 1.0 and D[i].numel():
@@ -833,11 +873,16 @@ def main(cfg: Config) -> dict:
                 for name in shard:
                     if name in floats:
                         b = base.read(name, torch.empty(shapes[name]))
-                        D = torch.empty((len(experts), *shapes[name]))
-                        for i, e in enumerate(experts):
-                            e.read(name, D[i]).sub_(b)
-                        update, st = merge_tensor(cfg, name, D, a, thresholds)
-                        del D
+                        if cfg.method in LINEAR:   # one expert's delta in memory at a time
+                            buf = torch.empty(shapes[name])
+                            update, st = linear_merge(cfg, name, (e.read(name, buf).sub_(b) for e in experts), a)
+                            del buf
+                        else:   # the other methods need every delta_i of the tensor at once
+                            D = torch.empty((len(experts), *shapes[name]))
+                            for i, e in enumerate(experts):
+                                e.read(name, D[i]).sub_(b)
+                            update, st = merge_tensor(cfg, name, D, a, thresholds)
+                            del D
                         merged = update.add_(b)
                         del update
                         result = merged.to(out_dtype[name])  # merged itself when the dtype is already fp32
