@@ -3,8 +3,9 @@
     python bench/verifiers.py                       # about a minute on 2 cores
     python bench/verifiers.py --rows 50 --workers 8
 
-Completions are the embedded eval rows' references (score 1.0) and one wrong answer per row (0.0),
-so right and wrong answers are timed alike. Each domain is warmed up first (the math helper
+Completions are the embedded eval rows' references (score 1.0) and one wrong answer per row (0.0, built
+by tests/test_verifiers.py's wrong_answer), so right and wrong answers are timed alike and the reward
+column reads 0.50. Each domain is warmed up first (the math helper
 process, langdetect's profiles, the bubblewrap probe), so the figures are steady-state rates:
   serial/s   checks per second calling VERIFIERS[domain] in a loop on one thread
   batch/s    checks per second through verify_batch(workers=--workers)
@@ -26,7 +27,8 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
-from verifiers import VERIFIERS, code, math, verify_batch  # noqa: E402
+from tests.test_verifiers import wrong_answer  # noqa: E402  (the tests' per-row wrong answers)
+from verifiers import VERIFIERS, code, verify_batch  # noqa: E402
 
 
 @dataclass
@@ -37,19 +39,6 @@ class Config:
     """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row."""
     workers: int = 4
     """verify_batch's pool size."""
-
-
-def wrong_answer(row: dict) -> str:
-    """A completion that scores 0.0 on the row (see tests/test_verifiers.py for the IF rule)."""
-    if row["domain"] == "math":
-        return f"The answer is \\boxed{{{math.as_number(row['answer']) + 1}}}."
-    if row["domain"] == "science":
-        return "Answer: " + ("B" if row["answer"] != "B" else "A")
-    if row["domain"] == "code" and row["tests"]["kind"] == "assert":
-        return f"```python\ndef {row['tests']['entry_point']}(*args, **kwargs):\n    return None\n```"
-    if row["domain"] == "code":
-        return "```python\nprint('wrong')\n```"
-    return "" if "punctuation:no_comma" not in row["instruction_id_list"] else ","
 
 
 def workloads(n: int) -> dict[str, tuple[list[str], list[dict]]]:

@@ -514,7 +514,8 @@ def _violation(instruction_id: str, kw: dict) -> str:
     return ""  # every other IFEval instruction asks for something an empty text lacks
 
 
-def _wrong_answer(row: dict) -> str:
+def wrong_answer(row: dict) -> str:
+    """A completion that must score 0.0 on the row (bench/verifiers.py times these too)."""
     if row["domain"] == "math":
         return f"The answer is \\boxed{{{math.as_number(row['answer']) + 1}}}."
     if row["domain"] == "science":
@@ -534,7 +535,7 @@ def test_embedded_eval_references_score_one_and_wrong_answers_zero(domain):
     assert rows and all(row["domain"] == domain for row in rows)
     right = verify_batch([row["reference"] for row in rows], rows, workers=4)
     assert [(row["id"], r["reward"], r["error"]) for row, r in zip(rows, right) if r["reward"] != 1.0] == []
-    wrong = verify_batch([_wrong_answer(row) for row in rows], rows, workers=4)
+    wrong = verify_batch([wrong_answer(row) for row in rows], rows, workers=4)
     assert [row["id"] for row, r in zip(rows, wrong) if r["reward"] != 0.0] == []
     if domain == "code":  # HumanEval's canonical solutions are among them
         assert sum(row["source"] == "humaneval" for row in rows) == 164
