@@ -9,7 +9,7 @@
 from data.embedded import embedded, humaneval_rows
 from data.loaders import (CONVERTERS, DOMAINS, convert_aime, convert_gpqa, convert_ifeval, convert_livecodebench,
                           convert_mmlu_redux, convert_nemotron, detect_format, load_file, read_jsonl, validate_row)
-from data.mix import batch_for_step, mix_weights, split_counts, take
+from data.mix import batch_for_step, mix_weights, split_counts
 
 
 def load(spec: str, domains: list[str], split: str, *, seed: int = 0, difficulty: int = 1) -> list[dict]:
