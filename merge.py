@@ -17,7 +17,8 @@ All math is fp32, one tensor at a time. Each method's exact formula is in its fu
   task_arithmetic  theta = theta_0 + lam * sum_i a_i delta_i                           (paper: lam = 1)
   ties             trim each delta_i to its top 20% by |value|, elect a sign, disjoint mean, times lam
   dare             drop each entry with probability p = 0.2, rescale by 1/(1-p), then task arithmetic
-  dare_ties        the DARE drop, then the TIES sign election and disjoint mean
+  dare_ties        the DARE drop, then the TIES sign election and disjoint mean (mergekit's dare_ties: no trim)
+  dare_ties_trim   the DARE drop, then all of TIES, top-20% trim included: the paper's "TIES+DARE" (MergeLM)
   sce              per tensor: weights from each delta's energy, erase entries against the majority sign
   breadcrumbs      per tensor: drop the largest 1% and the smallest 9% of |delta_i|, then task arithmetic
   della            per row: drop with probability falling with magnitude rank (MagPrune), rescale, TIES combine
@@ -29,8 +30,23 @@ Where published implementations disagree, a flag chooses and its default is the 
   --rescale inverse|l1       DARE/DELLA survivors times 1/keep-probability (papers) or L1-norm matching (mergekit)
   --elect weighted|unweighted  sign election on a_i*delta_i (mergekit) or delta_i (TIES paper); equal when all a_i = 1
   --disjoint mean|sum        TIES/DARE-TIES/DELLA: mean of agreeing entries (papers) or their sum (mergekit dare_ties)
+  --sign-tie majority|plus   TIES-style election where the votes sum to exactly 0: the sign elected at most positions
+                             of the whole model (MergeLM get_param_signs, TIES reference code) or + (mergekit)
 Ties at a magnitude threshold are kept, as in the TIES reference code, so with many equal |delta| (bf16 checkpoints)
 slightly more than top-k entries can survive; merge_report.json gives the fraction kept.
+
+The paper's merge table (M2RL, arXiv 2602.12566) with its settings, the defaults here (PAPER_TABLE below):
+Average = average, TA = task_arithmetic (lam 1), TA+DARE = dare (p 0.2), TIES = ties (top 20% over the whole model),
+TIES+DARE = dare_ties_trim (p 0.2, then top 20%), SCE = sce (no selection). TIES and TIES+DARE follow MergeLM
+(yule-BUAA/MergeLM, model_merging_methods/merging_methods.py: ties_merging, mask_merging), whose trim keeps
+|delta| >= the int(0.8 n)-th smallest of a model's n entries and whose zero-sum ties take the model-wide majority sign.
+How this file differs from MergeLM, on purpose:
+- All math is fp32. MergeLM works in the checkpoints' dtype and, for TIES+DARE, writes each DARE-dropped expert back
+  into a model of that dtype before TIES, so with bf16 experts the rescaled deltas are rounded once more there.
+- DARE masks come from a generator seeded per (seed, model, tensor), so a merge is reproducible and does not depend on
+  tensor order; MergeLM draws torch.bernoulli from the global RNG. Same distribution, different draws.
+- The sign_tie="majority" rule costs one more read of every model (and the TIES trim two), because the output is
+  written tensor by tensor and the majority is only known after seeing the whole model.
 
 Differences from mergekit 0.1.5 that matter for RL updates, which are tiny: mergekit's SCE falls back to uniform
 weights when the summed energies are below 1e-6, its DARE rescale with --rescale l1 skips tensors whose L1 norm is
@@ -98,9 +114,13 @@ FloatList = Annotated[
     ),
 ]
 Method = Literal[
-    "average", "task_arithmetic", "ties", "dare", "dare_ties", "sce", "breadcrumbs", "della", "model_stock", "tsv"
+    "average", "task_arithmetic", "ties", "dare", "dare_ties", "dare_ties_trim", "sce", "breadcrumbs", "della",
+    "model_stock", "tsv"
 ]
 METHODS = typing.get_args(Method)
+# The rows of the paper's merge table and the method that reproduces each, at this file's defaults.
+PAPER_TABLE = {"Average": "average", "TA": "task_arithmetic", "TA+DARE": "dare", "TIES": "ties",
+               "TIES+DARE": "dare_ties_trim", "SCE": "sce"}
 
 
 @dataclass
@@ -128,26 +148,32 @@ class Config:
     """Per-model weights a_i, comma separated, one per --models entry; empty means all 1. Not used by sce,
     model_stock and tsv, whose weights come from the tensors themselves."""
     lam: float = 1.0
-    """Scale lambda of the merged task vector (task_arithmetic, ties, dare, dare_ties, sce, breadcrumbs, della,
-    tsv). The paper merges with lambda = 1."""
+    """Scale lambda of the merged task vector (every method but average and model_stock). The paper merges with
+    lambda = 1."""
     seed: int = 0
     """Seed of the DARE and DELLA drop masks; each tensor of each model gets its own generator seeded from
     (seed, model index, tensor name), so the output does not depend on tensor order."""
 
     # TIES, DARE, DELLA options
     top_k: float = 0.2
-    """TIES: fraction of each task vector kept, largest |delta| first (paper: 0.2)."""
+    """ties, dare_ties_trim: fraction of each task vector kept, largest |delta| first (paper: 0.2)."""
     trim_scope: Literal["model", "tensor"] = "model"
-    """TIES: rank |delta| over the whole model (TIES paper and M2RL; exact, by a streaming two-pass search) or
-    within each tensor (mergekit)."""
+    """ties, dare_ties_trim: rank |delta| over the whole model (TIES paper and M2RL; exact, by a streaming two-pass
+    search; MergeLM's rank: keep |delta| >= the m-th smallest, m = int(n (1 - top_k))) or within each tensor
+    (mergekit: keep |delta| >= the int(top_k n)-th largest)."""
     elect: Literal["weighted", "unweighted"] = "weighted"
     """TIES-style sign election on a_i * delta_i (mergekit) or on delta_i (TIES reference code, which has no
     weights). The same when all weights are 1."""
     disjoint: Literal["mean", "sum"] = "mean"
-    """ties, dare_ties, della: combine the entries that agree with the elected sign by their weighted mean
-    (TIES, DARE and DELLA papers) or their weighted sum (mergekit's dare_ties)."""
+    """ties, dare_ties, dare_ties_trim, della: combine the entries that agree with the elected sign by their
+    weighted mean (TIES, DARE and DELLA papers) or their weighted sum (mergekit's dare_ties)."""
+    sign_tie: Literal["majority", "plus"] = "majority"
+    """ties, dare_ties, dare_ties_trim, della: the elected sign where the votes sum to exactly 0. "majority": the
+    sign elected at most positions of the whole model, or none (the position keeps theta_0) if + and - are equally
+    common (MergeLM get_param_signs and the TIES reference code, which M2RL used; one more read of every model);
+    "plus": + (mergekit). It decides only those positions, but with bf16 experts they can be a few percent."""
     p: float = 0.2
-    """DARE drop probability, in [0, 1) (paper: 0.2)."""
+    """DARE drop probability (dare, dare_ties, dare_ties_trim), in [0, 1) (paper: 0.2)."""
     rescale: Literal["inverse", "l1"] = "inverse"
     """DARE and DELLA: multiply survivors by 1/keep-probability (both papers) or rescale each tensor so its L1 norm
     is unchanged (mergekit)."""
@@ -525,18 +551,14 @@ class SignCounter:
             self.pos |= d > 0
             self.neg |= d < 0
 
+    def both(self) -> torch.Tensor:
+        """Where some delta_i was positive and another negative (consumes the counter)."""
+        return self.pos.logical_and_(self.neg)
+
     def fraction(self) -> float:
         if self.pos is None or self.pos.numel() == 0:
             return 0.0
-        return int(torch.count_nonzero(self.pos.logical_and_(self.neg))) / self.pos.numel()
-
-
-def sign_conflict(D: torch.Tensor) -> float:
-    """Fraction of positions where some D_i is positive and another negative."""
-    counter = SignCounter()
-    for i in range(D.shape[0]):
-        counter.add(D[i])
-    return counter.fraction()
+        return int(torch.count_nonzero(self.both())) / self.pos.numel()
 
 
 LINEAR = ("average", "task_arithmetic", "dare", "breadcrumbs")
@@ -566,18 +588,36 @@ def linear_merge(cfg: Config, name: str, deltas: typing.Iterable[torch.Tensor], 
     return acc.mul_(cfg.lam), stats
 
 
-def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -> tuple[torch.Tensor, list, float]:
+def vote_total(D: torch.Tensor, a: torch.Tensor, elect: str) -> torch.Tensor:
+    """sum_i v_i, the votes of the TIES sign election: v_i = a_i delta_i (elect="weighted") or delta_i
+    ("unweighted"). For "weighted" with weights not all 1, D is scaled to the v_i in place."""
+    if elect == "weighted" and not bool((a == 1).all()):
+        D.mul_(a.reshape((-1,) + (1,) * (D.dim() - 1)))
+    return D.sum(0)
+
+
+def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str, tie: float = 1.0
+                  ) -> tuple[torch.Tensor, list, float, float]:
     """TIES sign election and disjoint merge (Yadav et al. 2023, arXiv 2306.01708) on sparsified task vectors D.
-    v_i = a_i delta_i (elect="weighted") or delta_i ("unweighted"); elected sign s = +1 where sum_i v_i >= 0 else -1;
-    m_i = [sign(v_i) == s] (zeros never agree). Result sum_i m_i a_i delta_i / sum_i m_i a_i for disjoint="mean"
-    (a zero divisor counts as 1), or sum_i m_i a_i delta_i for "sum". Returns it, the fraction of each delta_i kept,
-    and the fraction of positions where the v_i have both signs."""
+    Votes v_i as in vote_total; elected sign s = sign(sum_i v_i), and s = tie where that sum is exactly 0
+    (tie = +1 as in mergekit; the model-wide majority sign, +1, -1 or 0, as in MergeLM, see majority_sign);
+    m_i = [v_i s > 0] (zeros never agree, nor does anything where s = 0). Result sum_i m_i a_i delta_i /
+    sum_i m_i a_i for disjoint="mean" (a zero divisor counts as 1), or sum_i m_i a_i delta_i for "sum". Returns it,
+    the fraction of each delta_i kept, the fraction of positions where the v_i have both signs, and the fraction
+    where they have both signs and sum to exactly 0 (the positions the tie rule decides)."""
     w = a.reshape((-1,) + (1,) * (D.dim() - 1))
     unit = bool((a == 1).all())
-    if elect == "weighted" and not unit:
-        D.mul_(w)  # D now holds v_i (in place: one (N, *shape) buffer per tensor)
-    elected = torch.where(D.sum(0) >= 0, 1.0, -1.0)
-    conflict = sign_conflict(D)
+    total = vote_total(D, a, elect)   # D now holds v_i (in place: one (N, *shape) buffer per tensor)
+    elected = torch.sign(total)
+    elected.masked_fill_(total == 0, tie)
+    signs = SignCounter()
+    for i in range(D.shape[0]):
+        signs.add(D[i])
+    both = signs.both()
+    n = max(1, total.numel())
+    conflict = int(torch.count_nonzero(both)) / n
+    zero_sum = int(torch.count_nonzero(both.logical_and_(total == 0))) / n
+    del total, both, signs
     agree = torch.empty(D.shape, dtype=torch.bool)
     scratch = torch.empty(D.shape[1:])
     for i in range(D.shape[0]):  # agree_i = [v_i * s > 0]: the same sign as elected, and nonzero
@@ -595,7 +635,7 @@ def elect_combine(D: torch.Tensor, a: torch.Tensor, elect: str, disjoint: str) -
                 divisor.add_(torch.mul(agree[i], a[i], out=scratch))
         divisor[divisor == 0] = 1.0
         merged.div_(divisor)
-    return merged, kept, conflict
+    return merged, kept, conflict, zero_sum
 
 
 def sce_combine(D: torch.Tensor, select: float) -> tuple[torch.Tensor, dict]:
@@ -614,7 +654,7 @@ def sce_combine(D: torch.Tensor, select: float) -> tuple[torch.Tensor, dict]:
         stats["selected"] = float(keep.float().mean())
     energy = D.reshape(D.shape[0], -1).square().mean(1)   # batched: the same rounding as mergekit's SCE
     w = energy / energy.sum() if float(energy.sum()) > 0 else torch.full_like(energy, 1.0 / D.shape[0])
-    merged, kept, conflict = elect_combine(D, w, "unweighted", "mean")
+    merged, kept, conflict, _ = elect_combine(D, w, "unweighted", "mean")   # ties go to +, as in mergekit
     stats.update(weights=[float(x) for x in w], kept=kept, sign_conflict=conflict)
     return merged, stats
 
@@ -657,27 +697,39 @@ def tsv_combine(D: torch.Tensor) -> tuple[torch.Tensor, dict]:
     return ((P @ Qh) * S) @ (P2 @ Q2h), {"rank_per_model": k}
 
 
+SPARSE_ELECT = ("ties", "dare_ties", "dare_ties_trim", "della")   # sparsify each delta_i, then elect_combine
+
+
+def sparsify(cfg: Config, name: str, i: int, d: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """The per-model step of the SPARSE_ELECT methods on delta_i of tensor `name`, in place: the DARE drop
+    (dare_ties, dare_ties_trim), then the TIES trim (ties, dare_ties_trim) to |d| >= threshold (the whole-model
+    cut-off of model i) or, when threshold is None, to |d| >= the int(top_k n)-th largest |d| of the tensor; or
+    DELLA's MagPrune (della)."""
+    m = cfg.method
+    if m in ("dare_ties", "dare_ties_trim"):
+        dare_drop(d, cfg.p, tensor_seed(cfg.seed, i, name, "dare"), cfg.rescale)
+    if m in ("ties", "dare_ties_trim") and cfg.top_k < 1.0 and d.numel():
+        tau = threshold if threshold is not None else kth_largest(d.abs(), max(1, int(cfg.top_k * d.numel())))
+        d.masked_fill_(d.abs() < tau, 0.0)
+    elif m == "della":
+        della_prune(d, cfg.della_density, cfg.della_epsilon, tensor_seed(cfg.seed, i, name, "della"), cfg.rescale)
+    return d
+
+
 def merge_tensor(cfg: Config, name: str, D: torch.Tensor, a: torch.Tensor,
-                 thresholds: list[float] | None) -> tuple[torch.Tensor, dict]:
+                 thresholds: list[float] | None, tie: float = 1.0) -> tuple[torch.Tensor, dict]:
     """The merged task vector of one tensor (to add to theta_0) from its task vectors D (N, *shape), and stats.
-    thresholds: per-model whole-model TIES cut-offs, or None to rank within this tensor."""
+    thresholds: per-model whole-model TIES cut-offs, or None to rank within this tensor. tie: the elected sign where
+    the votes sum to 0 (see elect_combine)."""
     N = D.shape[0]
     m = cfg.method
     if m in LINEAR:
         return linear_merge(cfg, name, (D[i] for i in range(N)), a)
-    if m in ("ties", "dare_ties", "della"):
+    if m in SPARSE_ELECT:
         for i in range(N):
-            if m == "ties" and cfg.top_k < 1.0 and D[i].numel():
-                tau = thresholds[i] if thresholds is not None else kth_largest(
-                    D[i].abs(), max(1, int(cfg.top_k * D[i].numel())))
-                D[i].masked_fill_(D[i].abs() < tau, 0.0)
-            elif m == "dare_ties":
-                dare_drop(D[i], cfg.p, tensor_seed(cfg.seed, i, name, "dare"), cfg.rescale)
-            elif m == "della":
-                della_prune(D[i], cfg.della_density, cfg.della_epsilon, tensor_seed(cfg.seed, i, name, "della"),
-                            cfg.rescale)
-        merged, kept, conflict = elect_combine(D, a, cfg.elect, cfg.disjoint)
-        return merged.mul_(cfg.lam), {"kept": kept, "sign_conflict": conflict}
+            sparsify(cfg, name, i, D[i], thresholds[i] if thresholds is not None else None)
+        merged, kept, conflict, zero_sum = elect_combine(D, a, cfg.elect, cfg.disjoint, tie)
+        return merged.mul_(cfg.lam), {"kept": kept, "sign_conflict": conflict, "sign_tie": zero_sum}
     if m == "sce":
         merged, stats = sce_combine(D, cfg.sce_select)
         return merged.mul_(cfg.lam), stats
@@ -739,12 +791,17 @@ def kth_largest_abs(chunks: typing.Callable[[], typing.Iterable[torch.Tensor]], 
     return bits_to_float(b, pick_bin(low, rank)[0])
 
 
-def whole_model_thresholds(base: Checkpoint, experts: list[Checkpoint], names: list[str],
-                           top_k: float) -> list[float]:
-    """Per expert i, the k_i-th largest |delta_i| over all floating tensors, k_i = max(1, int(top_k * n_i))."""
+def whole_model_thresholds(cfg: Config, base: Checkpoint, experts: list[Checkpoint], names: list[str]) -> list[float]:
+    """Per expert i, the TIES cut-off over all floating tensors with MergeLM's rank: the m-th smallest |delta_i|,
+    m = int(n (1 - top_k)) for n entries (MergeLM's param_value_mask_rate is 1 - top_k), so that keeping
+    |delta_i| >= it keeps at least n - m + 1 entries; 0.0 (keep everything) when m = 0. For dare_ties_trim, delta_i
+    is DARE-dropped first, with the same seeded masks as the merge."""
     N = len(experts)
     n_total = sum(math.prod(base.entries[n][2]) for n in names)
-    ks = [max(1, int(top_k * n_total))] * N
+    m = int(n_total * (1 - cfg.top_k))
+    if m == 0:
+        return [0.0] * N
+    ks = [n_total - m + 1] * N   # the m-th smallest is the (n - m + 1)-th largest
     high = torch.zeros(N, 1 << 16, dtype=torch.int64)
     low = torch.zeros(N, 1 << HIGH_SHIFT, dtype=torch.int64)
     bins: list[int] = []
@@ -756,12 +813,34 @@ def whole_model_thresholds(base: Checkpoint, experts: list[Checkpoint], names: l
             b = base.read(name, torch.empty(base.entries[name][2]))
             d = torch.empty_like(b)
             for i, e in enumerate(experts):
-                bits = abs_bits(e.read(name, d).sub_(b))
+                e.read(name, d).sub_(b)
+                if cfg.method == "dare_ties_trim":
+                    dare_drop(d, cfg.p, tensor_seed(cfg.seed, i, name, "dare"), cfg.rescale)
+                bits = abs_bits(d)
                 if pass_ == 1:
                     count_high(bits, high[i])
                 else:
                     count_low(bits, bins[i], low[i])
     return [bits_to_float(bins[i], pick_bin(low[i], ranks[i])[0]) for i in range(N)]
+
+
+def majority_sign(cfg: Config, base: Checkpoint, experts: list[Checkpoint], names: list[str], a: torch.Tensor,
+                  thresholds: list[float] | None) -> tuple[float, int, int]:
+    """MergeLM's sign for zero-sum ties (get_param_signs): over every position of every floating tensor, the elected
+    sign sign(sum_i v_i) of the sparsified deltas, computed as merge_tensor computes it. Returns sign(#+ - #-)
+    (+1, -1, or 0 when they are equal) and the two counts. One more read of every model."""
+    pos = neg = 0
+    for name in tqdm(names, desc="sign majority", unit="tensor", leave=False):
+        shape = base.entries[name][2]
+        b = base.read(name, torch.empty(shape))
+        D = torch.empty((len(experts), *shape))
+        for i, e in enumerate(experts):
+            sparsify(cfg, name, i, e.read(name, D[i]).sub_(b), thresholds[i] if thresholds is not None else None)
+        total = vote_total(D, a, cfg.elect)
+        pos += int(torch.count_nonzero(total > 0))
+        neg += int(torch.count_nonzero(total < 0))
+        del D, total
+    return float((pos > neg) - (pos < neg)), pos, neg
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -861,9 +940,13 @@ def main(cfg: Config) -> dict:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         thresholds = None
-        if cfg.method == "ties" and cfg.trim_scope == "model" and cfg.top_k < 1.0:
-            thresholds = whole_model_thresholds(base, experts, floats, cfg.top_k)
+        if cfg.method in ("ties", "dare_ties_trim") and cfg.trim_scope == "model" and cfg.top_k < 1.0:
+            thresholds = whole_model_thresholds(cfg, base, experts, floats)
         a = torch.tensor(weights, dtype=torch.float32)
+        tie, votes = 1.0, None
+        if cfg.method in SPARSE_ELECT and cfg.sign_tie == "majority":
+            tie, n_pos, n_neg = majority_sign(cfg, base, experts, floats, a, thresholds)
+            votes = {"tie_sign": tie, "positions_elected_plus": n_pos, "positions_elected_minus": n_neg}
         stats: dict[str, dict] = {}
         err_sq = upd_sq = 0.0
         bar = tqdm(total=len(names), desc=f"merge {cfg.method}", unit="tensor")
@@ -881,7 +964,7 @@ def main(cfg: Config) -> dict:
                             D = torch.empty((len(experts), *shapes[name]))
                             for i, e in enumerate(experts):
                                 e.read(name, D[i]).sub_(b)
-                            update, st = merge_tensor(cfg, name, D, a, thresholds)
+                            update, st = merge_tensor(cfg, name, D, a, thresholds, tie)
                             del D
                         merged = update.add_(b)
                         del update
@@ -919,12 +1002,16 @@ def main(cfg: Config) -> dict:
             "seed": cfg.seed,
             "weights": weights,
             "ties_thresholds": thresholds,
+            "sign_majority": votes,
             "inputs": {c.path: {os.path.basename(f): (hashes[f].result() if f in hashes else None)
                                 for f in c.files} for c in [base, *experts]},
             "output": {"files": files, "dtype": cfg.dtype, "total_bytes": sum(s for _, s in sizes)},
             "summary": {
                 "kept": kept,
                 "sign_conflict": sum(stats[n].get("sign_conflict", 0.0) * numel[n] for n in floats) / total,
+                # positions whose votes summed to exactly 0 with both signs present: where --sign-tie decided
+                "sign_tie": (sum(stats[n]["sign_tie"] * numel[n] for n in floats) / total
+                             if cfg.method in SPARSE_ELECT else None),
                 "update_norm": math.sqrt(upd_sq),
                 "update_rel_err_from_dtype": update_loss,
             },

@@ -11,7 +11,8 @@ torch); the bench runs its mergekit-yaml when --mergekit points at one, and says
 It writes a random Qwen3-shaped base and 4 experts (base + Gaussian deltas; two experts saved as 2 shards with an
 index, to exercise sharded input) to a temp dir, then runs each merge in a fresh subprocess and prints:
   s            wall seconds of the whole command (python start, reading, merging, writing, sha256 of the inputs)
-  GB/s         input bytes (all 5 models) / s; whole-model TIES reads the inputs 3 times
+  GB/s         input bytes (all 5 models) / s; whole-model TIES reads the inputs 4 times (two threshold passes,
+               the sign-majority pass, the merge), per-tensor TIES with --sign-tie majority twice
   maxrss MB    peak resident set of the process (getrusage ru_maxrss): includes file pages it has mapped
   anon MB      peak anonymous memory (RssAnon in /proc/PID/status, sampled every 5 ms): the memory it allocated
 The inputs are read once beforehand, so every run starts with them in the page cache. For methods with the same
@@ -69,8 +70,11 @@ RUNS = {
     "average": (["--method", "average"], "linear", {"weight": 1.0}, {}, True),
     "task_arithmetic": (["--method", "task_arithmetic"], "task_arithmetic", {"weight": 1.0}, {}, True),
     "task_arithmetic_mmap": (["--method", "task_arithmetic", "--reader", "mmap"], None, {}, {}, True),
-    "ties_tensor": (["--method", "ties", "--trim-scope", "tensor"], "ties", {"weight": 1.0, "density": 0.2}, {}, True),
-    "ties": (["--method", "ties"], None, {}, {}, True),  # whole-model trim: no mergekit equivalent
+    # mergekit's TIES: per-tensor trim, zero-sum sign ties to +
+    "ties_tensor": (["--method", "ties", "--trim-scope", "tensor", "--sign-tie", "plus"], "ties",
+                    {"weight": 1.0, "density": 0.2}, {}, True),
+    "ties": (["--method", "ties"], None, {}, {}, True),  # whole-model trim, MergeLM's ties: no mergekit equivalent
+    "dare_ties_trim": (["--method", "dare_ties_trim"], None, {}, {}, True),  # the paper's TIES+DARE (MergeLM)
     # Not the same formula: mergekit's DARE matches L1 norms and draws from the global torch RNG.
     "dare": (["--method", "dare"], "dare_linear", {"weight": 1.0, "density": 0.8}, {}, False),
     "sce": (["--method", "sce"], "sce", {}, {"select_topk": 1.0}, True),

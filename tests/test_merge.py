@@ -106,7 +106,7 @@ def rand_for(shape, seed, i, name, salt):
 
 
 def ties_combine_ref(ds, w, elect="weighted", disjoint="mean"):
-    """ds: list over models of sparsified deltas (same shape)."""
+    """Per tensor, zero-sum ties to + (mergekit's rule; SCE uses it). ds: list over models of sparsified deltas."""
     stack = torch.stack(ds)
     wv = torch.tensor(w).view(-1, *[1] * ds[0].dim())
     votes = stack * wv if elect == "weighted" else stack
@@ -118,6 +118,57 @@ def ties_combine_ref(ds, w, elect="weighted", disjoint="mean"):
         return num
     den = (wv * agree).sum(0)
     return num / torch.where(den == 0, torch.ones_like(den), den)
+
+
+def flat(d):
+    """One model's tensors as one vector, in sorted-name order (as MergeLM flattens a model)."""
+    return torch.cat([d[k].flatten() for k in sorted(d)])
+
+
+def unflat(v, like):
+    out, offset = {}, 0
+    for k in sorted(like):
+        out[k] = v[offset:offset + like[k].numel()].view(like[k].shape)
+        offset += like[k].numel()
+    return out
+
+
+def trim_model(d, top_k):
+    """MergeLM's trim over the whole model: keep |x| >= the int(n * (1 - top_k))-th smallest |x|."""
+    v = flat(d)
+    m = int(v.numel() * (1 - top_k))
+    if m == 0:
+        return d
+    kth = v.abs().kthvalue(m).values
+    return unflat(torch.where(v.abs() >= kth, v, 0.0), d)
+
+
+def trim_tensors(d, top_k):
+    """mergekit's trim, per tensor: keep |x| >= the int(top_k * n)-th largest |x| of the tensor."""
+    out = {}
+    for k in d:
+        a = d[k].flatten().abs()
+        tau = a.sort(descending=True).values[max(1, int(top_k * a.numel())) - 1]
+        out[k] = torch.where(d[k].abs() >= tau, d[k], 0.0)
+    return out
+
+
+def ties_model_ref(sparse, w, cfg):
+    """Sign election and disjoint merge over whole flattened models (MergeLM's ties_merging after its trim).
+    sparse: per model, the sparsified deltas. A zero vote sum takes sign(#+ - #-) over the whole model
+    (sign_tie="majority", the default) or + ("plus")."""
+    V = torch.stack([flat(t) for t in sparse])                        # (N, P)
+    wv = torch.tensor(w, dtype=torch.float32).view(-1, 1)
+    votes = V * wv if cfg.get("elect", "weighted") == "weighted" else V
+    sign = torch.sign(votes.sum(0))
+    tie = torch.sign(sign.sum()) if cfg.get("sign_tie", "majority") == "majority" else 1.0
+    sign[sign == 0] = tie
+    agree = (torch.sign(votes) == sign) & (votes != 0)
+    merged = (V * wv * agree).sum(0)
+    if cfg.get("disjoint", "mean") == "mean":
+        den = (wv * agree).sum(0)
+        merged = merged / torch.where(den == 0, torch.ones_like(den), den)
+    return unflat(cfg.get("lam", 1.0) * merged, sparse[0])
 
 
 def ref_average(base, experts, cfg):
@@ -132,23 +183,10 @@ def ref_task_arithmetic(base, experts, cfg):
 
 
 def ref_ties(base, experts, cfg):
-    w, lam, top_k = cfg.get("weights", [1.0] * len(experts)), cfg.get("lam", 1.0), cfg.get("top_k", 0.2)
-    ds = deltas_of(base, experts)
-    trimmed = []
-    for d in ds:
-        if cfg.get("trim_scope", "model") == "model":
-            flat = torch.cat([d[k].flatten().abs() for k in sorted(d)])
-            tau = flat.sort(descending=True).values[max(1, int(top_k * flat.numel())) - 1]
-            trimmed.append({k: torch.where(d[k].abs() >= tau, d[k], 0.0) for k in d})
-        else:
-            t = {}
-            for k in d:
-                a = d[k].flatten().abs()
-                tau = a.sort(descending=True).values[max(1, int(top_k * a.numel())) - 1]
-                t[k] = torch.where(d[k].abs() >= tau, d[k], 0.0)
-            trimmed.append(t)
-    return {k: base[k] + lam * ties_combine_ref([t[k] for t in trimmed], w, cfg.get("elect", "weighted"),
-                                                cfg.get("disjoint", "mean")) for k in base}
+    w, top_k = cfg.get("weights", [1.0] * len(experts)), cfg.get("top_k", 0.2)
+    trim = trim_model if cfg.get("trim_scope", "model") == "model" else trim_tensors
+    upd = ties_model_ref([trim(d, top_k) for d in deltas_of(base, experts)], w, cfg)
+    return {k: base[k] + upd[k] for k in base}
 
 
 def dare_ref(d, i, name, cfg):
@@ -168,11 +206,20 @@ def ref_dare(base, experts, cfg):
 
 
 def ref_dare_ties(base, experts, cfg):
-    w, lam = cfg.get("weights", [1.0] * len(experts)), cfg.get("lam", 1.0)
-    ds = deltas_of(base, experts)
-    return {k: base[k] + lam * ties_combine_ref([dare_ref(d[k], i, k, cfg) for i, d in enumerate(ds)], w,
-                                                cfg.get("elect", "weighted"), cfg.get("disjoint", "mean"))
-            for k in base}
+    w = cfg.get("weights", [1.0] * len(experts))
+    dropped = [{k: dare_ref(d[k], i, k, cfg) for k in d} for i, d in enumerate(deltas_of(base, experts))]
+    upd = ties_model_ref(dropped, w, cfg)
+    return {k: base[k] + upd[k] for k in base}
+
+
+def ref_dare_ties_trim(base, experts, cfg):
+    """The paper's TIES+DARE as MergeLM runs it: each expert's delta DARE-dropped and rescaled (here with the masks
+    of the seeds merge.py documents), then all of TIES on the dropped deltas: trim, elect, disjoint mean."""
+    w, top_k = cfg.get("weights", [1.0] * len(experts)), cfg.get("top_k", 0.2)
+    trim = trim_model if cfg.get("trim_scope", "model") == "model" else trim_tensors
+    dropped = [{k: dare_ref(d[k], i, k, cfg) for k in d} for i, d in enumerate(deltas_of(base, experts))]
+    upd = ties_model_ref([trim(d, top_k) for d in dropped], w, cfg)
+    return {k: base[k] + upd[k] for k in base}
 
 
 def ref_sce(base, experts, cfg):
@@ -211,21 +258,21 @@ def ref_breadcrumbs(base, experts, cfg):
 
 
 def ref_della(base, experts, cfg):
-    w, lam = cfg.get("weights", [1.0] * len(experts)), cfg.get("lam", 1.0)
+    w = cfg.get("weights", [1.0] * len(experts))
     dens, eps = cfg.get("della_density", 0.7), cfg.get("della_epsilon", 0.1)
-    ds = deltas_of(base, experts)
-    out = {}
-    for k in base:
-        pruned = []
-        for i, d in enumerate(ds):
+    pruned = []
+    for i, d in enumerate(deltas_of(base, experts)):
+        p = {}
+        for k in base:
             rows = d[k].reshape(-1, d[k].shape[-1])
             n = rows.shape[1]
             rank = rows.abs().argsort(dim=1).argsort(dim=1).float()
             q = dens - eps + 2 * eps * rank / (n - 1)
             u = rand_for(d[k].shape, cfg.get("seed", 0), i, k, "della").reshape(rows.shape)
-            pruned.append((rows * (u < q) / q).reshape(d[k].shape))
-        out[k] = base[k] + lam * ties_combine_ref(pruned, w, "weighted", "mean")
-    return out
+            p[k] = (rows * (u < q) / q).reshape(d[k].shape)
+        pruned.append(p)
+    upd = ties_model_ref(pruned, w, cfg)
+    return {k: base[k] + upd[k] for k in base}
 
 
 def ref_model_stock(base, experts, cfg):
@@ -274,6 +321,10 @@ CASES = {
     "dare": ("dare", ref_dare, dict(p=0.3, seed=7, weights=[1.0, 2.0, 0.5], lam=0.8)),
     "dare_l1": ("dare", ref_dare, dict(rescale="l1", seed=1)),
     "dare_ties": ("dare_ties", ref_dare_ties, dict(p=0.2, weights=[1.0, 2.0, 0.5])),
+    "dare_ties_trim": ("dare_ties_trim", ref_dare_ties_trim, dict()),
+    "dare_ties_trim_tensor": ("dare_ties_trim", ref_dare_ties_trim,
+                              dict(trim_scope="tensor", p=0.3, top_k=0.3, seed=4, weights=[1.0, 2.0, 0.5], lam=0.9)),
+    "ties_plus_sum": ("ties", ref_ties, dict(sign_tie="plus", disjoint="sum", top_k=0.5)),
     "sce": ("sce", ref_sce, dict()),
     "sce_select": ("sce", ref_sce, dict(sce_select=0.5, lam=0.9)),
     "breadcrumbs": ("breadcrumbs", ref_breadcrumbs, dict(crumbs_density=0.7, crumbs_gamma=0.05, weights=[1, 2, 3.0])),
@@ -298,13 +349,94 @@ def test_method_matches_reference(ckpts, tmp_path, case):
     assert report["method"] == method
 
 
-def test_ties_threshold_is_exact_whole_model_kth_value(ckpts, tmp_path):
+def test_ties_threshold_is_mergelm_whole_model_kth_value(ckpts, tmp_path):
+    """MergeLM: the int(0.8 n)-th smallest |delta| of the whole model (kthvalue), n counting every entry."""
     _, report = run(ckpts, tmp_path, method="ties", top_k=0.2)
     base = load_sd(ckpts["base"])
     for i, e in enumerate(ckpts["experts"]):
         d = load_sd(e)
-        flat = torch.cat([(d[k] - base[k]).flatten().abs() for k in base])
-        assert report["ties_thresholds"][i] == flat.sort(descending=True).values[int(0.2 * flat.numel()) - 1].item()
+        v = torch.cat([(d[k] - base[k]).flatten().abs() for k in base])
+        assert report["ties_thresholds"][i] == v.kthvalue(int(v.numel() * 0.8)).values.item()
+
+
+def write_designed(ckpts, root, deltas_per_model):
+    """A base on a coarse grid (k/64) and experts = base + the given deltas, all exact in fp32."""
+    names = load_sd(ckpts["base"])
+    g = torch.Generator().manual_seed(9)
+    base = {k: torch.randint(-64, 64, v.shape, generator=g).float() / 64 for k, v in names.items()}
+    paths = []
+    for i, make in enumerate([None, *deltas_per_model]):
+        path = root / ("base" if make is None else f"m{i}")
+        os.makedirs(path)
+        sd = base if make is None else {k: base[k] + make(v.numel()).view(v.shape) for k, v in base.items()}
+        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copy(os.path.join(ckpts["base"], "config.json"), path / "config.json")
+        paths.append(str(path))
+    return base, paths
+
+
+def by_position(n, values):
+    """A flat tensor whose entry j is values[j % 4] (every tensor of the tiny model has a multiple of 4 entries)."""
+    return torch.tensor(values, dtype=torch.float32).repeat(n // 4)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_ties_trim"])
+def test_zero_sum_sign_ties_take_the_model_majority(ckpts, tmp_path, method):
+    """Hand-computed, two experts, u = 2^-10, no trim and no drop (top_k 1, p 0), entry j of every tensor by j % 4:
+        j%4   expert 0   expert 1   vote sum   elected
+         0      +u         -u          0       tie
+         1      -u         -u        -2u       -
+         2     -2u         -u        -3u       -
+         3      +u        +2u        +3u       +
+    Twice as many - as +, so MergeLM gives the ties -: the merged delta is -u there (the mean of the agreeing -u);
+    mergekit's rule (+) gives +u. Elsewhere -u, -1.5u, +1.5u either way."""
+    assert all(v.numel() % 4 == 0 for v in load_sd(ckpts["base"]).values())
+    u = 2.0 ** -10
+    base, paths = write_designed(ckpts, tmp_path, [lambda n: by_position(n, [u, -u, -2 * u, u]),
+                                                   lambda n: by_position(n, [-u, -u, -u, 2 * u])])
+    common = dict(method=method, base=paths[0], models=paths[1:], top_k=1.0, p=0.0)
+    for rule, tie_delta in (("majority", -u), ("plus", u)):
+        out, report = run(ckpts, tmp_path, name=f"{method}-{rule}", sign_tie=rule, **common)
+        got = load_sd(out)
+        for k in base:
+            want = by_position(base[k].numel(), [tie_delta, -u, -1.5 * u, 1.5 * u]).view(base[k].shape)
+            assert torch.equal(got[k] - base[k], want), (rule, k)
+        assert report["summary"]["sign_tie"] == 0.25
+        if rule == "majority":
+            n = sum(v.numel() for v in base.values())
+            assert report["sign_majority"] == {"tie_sign": -1.0, "positions_elected_plus": n // 4,
+                                               "positions_elected_minus": n // 2}
+
+
+def test_zero_sum_sign_ties_without_a_majority_keep_the_base(ckpts, tmp_path):
+    """As above, but + and - are elected equally often (j%4 = 1 and 2) and j%4 = 0 and 3 sum to 0: MergeLM's
+    majority sign is then 0, no entry agrees with it, and the ties keep theta_0."""
+    u = 2.0 ** -10
+    base, paths = write_designed(ckpts, tmp_path, [lambda n: by_position(n, [u, -u, u, 2 * u]),
+                                                   lambda n: by_position(n, [-u, -u, u, -2 * u])])
+    out, report = run(ckpts, tmp_path, method="ties", base=paths[0], models=paths[1:], top_k=1.0)
+    got = load_sd(out)
+    for k in base:
+        assert torch.equal(got[k] - base[k], by_position(base[k].numel(), [0.0, -u, u, 0.0]).view(base[k].shape))
+    assert report["sign_majority"]["tie_sign"] == 0.0 and report["summary"]["sign_tie"] == 0.5
+
+
+def test_dare_ties_trim_is_neither_dare_ties_nor_ties(ckpts, tmp_path):
+    """The paper's TIES+DARE trims the DARE-dropped deltas: its thresholds are those of the dropped deltas (about
+    1/(1-p) times larger than TIES's, for these Gaussian deltas), and it keeps about top_k of each model."""
+    _, trim = run(ckpts, tmp_path, name="trim", method="dare_ties_trim")
+    _, ties = run(ckpts, tmp_path, name="ties", method="ties")
+    _, no_trim = run(ckpts, tmp_path, name="dare_ties", method="dare_ties")
+    base = load_sd(ckpts["base"])
+    for i, e in enumerate(ckpts["experts"]):
+        d = load_sd(e)
+        dropped = flat({k: dare_ref(d[k] - base[k], i, k, {}) for k in base}).abs()
+        assert trim["ties_thresholds"][i] == dropped.kthvalue(int(dropped.numel() * 0.8)).values.item()
+        assert trim["ties_thresholds"][i] > ties["ties_thresholds"][i]
+    assert no_trim["ties_thresholds"] is None
+    # kept after trim and election: at most top_k of each model, and much less than DARE-TIES keeps
+    assert all(k <= 0.2 + 1e-6 for k in trim["summary"]["kept"])
+    assert all(a < b / 2 for a, b in zip(trim["summary"]["kept"], no_trim["summary"]["kept"]))
 
 
 def test_radix_kth_largest_matches_sort():
