@@ -6,14 +6,17 @@ Commands (CPU, offline, the embedded default: a tiny Qwen3 built in code, embedd
     torchrun --nproc_per_node 2 train.py --domains math,code --resume   # continue from the last checkpoint
     python train.py --domains math,code --teachers math=out/math,code=out/code   # MT-OPD from two experts
 One 8-GPU node (NCCL, FSDP2, Liger loss when CUDA is available):
-    torchrun --nproc_per_node 8 train.py --preset paper --model PATH_TO_SFT --data blend.jsonl \
+    torchrun --nproc_per_node 8 train.py --preset paper --model PATH_TO_SFT --data blend.jsonl --domains math
+    torchrun --nproc_per_node 8 train.py --preset paper-mixed --model PATH_TO_SFT --data blend.jsonl \
         --domains math,code,science,if
 Outputs go to out/<run_name>/: the final model in HF format at the top (merge.py and analyze.py read
 it directly), checkpoints/step_N/ (HF model + trainer_state.pt), metrics.jsonl, samples.jsonl, run.json.
 
 How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
 - The default preset is a toy: a random-init 2-layer model and easy embedded problems, so a CPU run learns
-  within minutes. `--preset paper` sets the paper's optimisation hyper-parameters.
+  within minutes. `--preset paper` (an expert, 200 steps), `paper-mixed` (the mixed model, 400 steps) and
+  `paper-opd` (MT-OPD, 200 steps) set the paper's hyper-parameters, its loss reduction (`--loss-norm sequence`)
+  and Megatron's weight decay (none on 1-D parameters); their max_new_tokens (8192) is our choice, not the paper's.
 - Rollouts come from HF `generate` on an unsharded copy of the weights (default), or from SGLang colocated
   on every GPU (--rollout sglang, rollout_sglang.py), the paper's kind of inference engine.
 - The importance weight for the rollout-vs-trainer gap (truncated at `tis_cap`, paper: 2) only applies when
@@ -26,6 +29,7 @@ How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
 """
 
 import copy
+import dataclasses
 import faulthandler
 import importlib.util
 import json
@@ -68,7 +72,8 @@ class Config:
 
     # Run
     preset: str = "tiny"
-    """Named set of defaults: tiny (CPU toy) or paper (the paper's hyper-parameters). Flags override it."""
+    """Named set of defaults: tiny (CPU toy); paper (the paper's GRPO, an expert: 200 steps), paper-mixed (the same
+    for the mixed model: 400 steps), paper-opd (its MT-OPD). Flags override it."""
     run_name: str = ""
     """Directory under out_dir; empty: the domains joined by '-', e.g. math-code."""
     out_dir: str = "out"
@@ -110,7 +115,8 @@ class Config:
     adam_betas: tuple[float, float] = (0.9, 0.98)
     """Adam betas (paper: 0.9, 0.98)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay (paper: 0.1)."""
+    """Decoupled weight decay of the matrices (paper: 0.1); 1-D parameters (norms, biases) get none, as in
+    Megatron, which the paper trained with."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (paper: 1.0); 0 turns clipping off."""
     clip_low: float = 0.2
@@ -118,10 +124,10 @@ class Config:
     clip_high: float = 0.28
     """Upper ratio clip epsilon, DAPO's clip-higher (paper: 0.28)."""
     loss_norm: Literal["token", "sequence", "constant"] = "sequence"
-    """Loss reduction: "token", the mean over all completion tokens of the batch (DAPO; our choice for the
-    paper presets); "sequence", the mean of per-sequence means (original GRPO; the tiny default, since with
-    token means long wrong completions outweigh short right ones and a tiny mixed run fell back to zero
-    reward); "constant", the sum over sequences x max_new_tokens (Dr.GRPO)."""
+    """Loss reduction: "sequence", the mean of per-sequence means (original GRPO, and the paper: each sample's
+    token mean, summed and divided by the global batch; also the tiny default, since with token means long wrong
+    completions outweigh short right ones and a tiny mixed run fell back to zero reward); "token", the mean over
+    all completion tokens of the batch (DAPO); "constant", the sum over sequences x max_new_tokens (Dr.GRPO)."""
     scale_std: bool = True
     """Divide group advantages by the group std; --no-scale-std is Dr.GRPO."""
     filter_zero_var: bool = False
@@ -177,16 +183,19 @@ class Config:
             raise ValueError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
 
 
+_PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
+                micro_batch=8, save_every=50, steps=200, loss_norm="sequence")
 PRESETS = {
     "tiny": Config(),
-    # The paper's optimisation settings; --model and --data must point at the real checkpoint and blend.
-    # max_new_tokens is our choice for a 4B thinking model, not a number taken from the paper.
-    "paper": Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6,
-                    weight_decay=0.1, micro_batch=8, save_every=50, steps=500, loss_norm="token"),
-    # The paper's MT-OPD settings; add --teachers and the same --model / --data as above.
-    "paper-opd": Config(preset="paper-opd", prompts_per_step=256, group_size=4, max_new_tokens=8192, lr=1e-6,
-                        clip_high=0.2, weight_decay=0.1, micro_batch=8, save_every=50, steps=500,
-                        loss_norm="token"),
+    # The paper's GRPO settings for one expert (200 steps; 128 prompts x 16 rollouts); --model and --data must point
+    # at the real checkpoint and blend. max_new_tokens is our choice for a 4B thinking model, not the paper's number.
+    "paper": _PAPER,
+    # The paper's mixed multi-task run: the same settings for 400 steps. Its 33.2% GPU-hour figure compares this
+    # run with the four 200-step experts.
+    "paper-mixed": dataclasses.replace(_PAPER, preset="paper-mixed", steps=400),
+    # The paper's MT-OPD settings (200 steps, 256 prompts x 4, lr 1e-6, clip 0.2/0.2); add --teachers.
+    "paper-opd": dataclasses.replace(_PAPER, preset="paper-opd", prompts_per_step=256, group_size=4, lr=1e-6,
+                                     clip_high=0.2),
 }
 
 
@@ -528,9 +537,21 @@ def _logps(model, samples, cfg: Config, pad_id: int, device) -> list[torch.Tenso
     return out
 
 
-def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: Config, device) -> dict:
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups as Megatron makes them (the paper trained with it): no weight decay on biases and 1-D
+    parameters (norm weights), weight_decay on the rest."""
+    params = list(model.named_parameters())
+    exempt = [p for n, p in params if p.ndim == 1 or n.endswith(".bias")]
+    decay = [p for n, p in params if not (p.ndim == 1 or n.endswith(".bias"))]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: Config, device,
+                 seen: dict | None = None) -> dict:
     """One step's figures, summed over ranks: reward, accuracy and length per domain and overall, the
-    zero-variance group fraction, verifier errors, and the loss stats per trained token."""
+    zero-variance group fraction, verifier errors, and the loss stats per trained token. prompts/<domain> is
+    the number of the step's prompts from each domain (a mixed run's domain mix, step by step); with `seen`
+    (the trainer state, so it survives --resume) prompts_total/<domain> adds them up over the run."""
     D = len(cfg.domains)
     per = torch.zeros(D + 1, 5, dtype=torch.float64)   # rows: each domain, then all; columns below
     for s, r, x, rw in zip(samples, srows, results, reward.tolist()):
@@ -545,6 +566,10 @@ def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: C
     tot = dict(zip(TOTALS, tot))
     out = {}
     for d, (n, rw, acc, length, _) in zip(cfg.domains, per):
+        out[f"prompts/{d}"] = int(n) // cfg.group_size   # every prompt is sampled group_size times
+        if seen is not None:
+            seen[d] = seen.get(d, 0) + out[f"prompts/{d}"]
+            out[f"prompts_total/{d}"] = seen[d]
         if n:
             out.update({f"reward/{d}": rw / n, f"acc/{d}": acc / n, f"len/{d}": length / n})
     n, rw, _, length, trunc = per[D]
@@ -642,8 +667,7 @@ def main(cfg: Config) -> None:
         policy = shard(policy, device)
         ref_model = shard(ref_model, device) if ref_model is not None else None
         teachers = {d: shard(t, device) for d, t in teachers.items()}
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas)
     if ckpt:
         modeling.load_optimizer(policy, optimizer,
                                 os.path.join(ckpt, "trainer_state.pt") if master or not distributed else None)
@@ -706,7 +730,8 @@ def main(cfg: Config) -> None:
         state.update(step=step + 1, elapsed_s=state["elapsed_s"] + (t4 - t0),
                      device_s=state["device_s"] + (t4 - t0) * world)
         metrics = {"step": step + 1, "time": round(state["elapsed_s"], 3),
-                   **step_metrics(samples, srows, results, reward, zero_var, totals, cfg, device),
+                   **step_metrics(samples, srows, results, reward, zero_var, totals, cfg, device,
+                                  state.setdefault("prompts_seen", {})),
                    "grad_norm": float(np.mean(grad_norms)), "skipped": skipped,
                    "time/sync": t1 - t0, "time/rollout": t2 - t1, "time/reward": t3 - t2, "time/train": t4 - t3}
         metrics["tokens_per_s"] = metrics.pop("completion_tokens") / max(t4 - t0, 1e-9)

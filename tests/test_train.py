@@ -38,12 +38,68 @@ def test_unknown_domain_lists_valid_ones():
         train.Config(domains=("math", "chess"))
 
 
+# The paper's settings (M2RL, arXiv 2602.12566, and its authors' README table: batch, rollouts, steps per run).
+# Loss: each sample's token mean, divided by the global batch ("sequence"); KL 0; TIS cap 2.
+PAPER_GRPO = dict(prompts_per_step=128, group_size=16, lr=2e-6, adam_betas=(0.9, 0.98), weight_decay=0.1,
+                  grad_clip=1.0, clip_low=0.2, clip_high=0.28, loss_norm="sequence", kl_coef=0.0, tis_cap=2.0)
+PAPER_RUNS = {
+    "paper": {**PAPER_GRPO, "steps": 200},                     # each expert
+    "paper-mixed": {**PAPER_GRPO, "steps": 400},               # the mixed multi-task model
+    "paper-opd": {**PAPER_GRPO, "steps": 200, "prompts_per_step": 256, "group_size": 4, "lr": 1e-6,
+                  "clip_high": 0.2},                           # MT-OPD
+}
+
+
+@pytest.mark.parametrize("preset", list(PAPER_RUNS))
+def test_paper_presets_are_the_papers(preset):
+    cfg = train.cli(["--preset", preset, "--domains", "math"])
+    assert {k: getattr(cfg, k) for k in PAPER_RUNS[preset]} == PAPER_RUNS[preset]
+    assert cfg.preset == preset
+
+
 def test_paper_preset_and_override():
     cfg = train.cli(["--preset", "paper", "--lr", "1e-6", "--domains", "math"])
-    assert (cfg.prompts_per_step, cfg.group_size, cfg.lr, cfg.adam_betas) == (128, 16, 1e-6, (0.9, 0.98))
-    assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
+    assert (cfg.prompts_per_step, cfg.group_size, cfg.lr, cfg.steps) == (128, 16, 1e-6, 200)
     with pytest.raises(SystemExit):
         train.cli(["--preset", "nope"])
+
+
+def test_weight_decay_spares_1d_parameters():
+    """Megatron's rule: AdamW decays the matrices only. With zero gradients Adam's step is 0, so one step scales
+    each matrix by exactly 1 - lr * wd and leaves the norm weights (the tiny Qwen3's 1-D parameters) as they were."""
+    import model as modeling
+    net = modeling.load_model("tiny")
+    groups = train.param_groups(net, 0.5)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert {names[id(p)] for p in groups[1]["params"]} == {n for n, _ in net.named_parameters() if "norm" in n}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(names)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.AdamW(groups, lr=0.1)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in net.named_parameters():
+        want = before[n] if "norm" in n else before[n] * (1 - 0.1 * 0.5)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=0, msg=n)
+
+
+def test_step_metrics_count_prompts_per_domain_and_their_running_totals():
+    cfg = train.Config(domains=("math", "code"), group_size=2)
+    seen = {}
+
+    def step(domains):   # one prompt per entry, each sampled group_size times
+        srows = [{"domain": d} for d in domains for _ in range(cfg.group_size)]
+        samples = [{"completion_ids": [1, 2], "truncated": False} for _ in srows]
+        results = [{"reward": 0.0, "error": None} for _ in srows]
+        return train.step_metrics(samples, srows, results, torch.zeros(len(srows)),
+                                  torch.zeros(len(domains), dtype=torch.bool), dict.fromkeys(train.TOTALS, 0.0),
+                                  cfg, torch.device("cpu"), seen)
+
+    m1 = step(["math", "code", "math", "math"])
+    assert (m1["prompts/math"], m1["prompts/code"], m1["prompts_total/math"], m1["prompts_total/code"]) == (3, 1, 3, 1)
+    m2 = step(["code"] * 4)
+    assert (m2["prompts/math"], m2["prompts/code"], m2["prompts_total/math"], m2["prompts_total/code"]) == (0, 4, 3, 5)
+    assert seen == {"math": 3, "code": 5}
 
 
 # --- data order
@@ -121,6 +177,9 @@ def test_torchrun_two_processes_mixed_domains(tmp_path):
     m = metrics(tmp_path / "math-code")
     assert [x["step"] for x in m] == [1, 2]
     assert {"reward/math", "reward/code", "time/rollout", "tokens_per_s", "grad_norm"} <= set(m[0])
+    # the domain mix of each step, over both ranks (uniform: 2 + 2), and its running totals
+    assert [(x["prompts/math"], x["prompts/code"]) for x in m] == [(2, 2), (2, 2)]
+    assert [(x["prompts_total/math"], x["prompts_total/code"]) for x in m] == [(2, 2), (4, 4)]
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
@@ -145,6 +204,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     ma, mb = metrics(tmp_path / "a" / "r"), metrics(out_b / "r")
     assert [x["step"] for x in mb] == list(range(1, 9)), killed_at
     for xa, xb in zip(ma, mb):
+        assert xa["prompts_total/math"] == xb["prompts_total/math"] == 4 * xa["step"]   # the total survives resume
         assert xa["reward"] == pytest.approx(xb["reward"], abs=1e-6)
         assert xa["loss"] == pytest.approx(xb["loss"], rel=1e-4, abs=1e-6)
     from safetensors.torch import load_file
