@@ -95,7 +95,8 @@ class Config:
     mix: str = "proportional"
     """Domain ratios per step: proportional (pooled shuffle, as the paper), uniform, or math=0.5,code=0.5."""
     data: str = "embedded"
-    """Training rows: 'embedded' or a .jsonl/.parquet file (row schema or the Nemotron RL blend)."""
+    """Training rows: 'embedded', a .jsonl/.parquet/... file or dataset directory, or a Hub id such as
+    nvidia/Nemotron-3-Nano-RL-Training-Blend (row schema or the Nemotron RL blend; data/README.md)."""
     difficulty: int = 0
     """Difficulty of the embedded math problems (0 is learnable by the tiny model in minutes)."""
     model: str = "tiny"

@@ -3,6 +3,7 @@
     import data
     rows = data.load("embedded", ["math", "code"], "train", seed=0)      # generated, offline
     rows = data.load("blend/train.jsonl", ["math", "code"], "train")     # a file: row schema or Nemotron blend
+    rows = data.load("nvidia/Nemotron-3-Nano-RL-Training-Blend", ["math"], "train")   # a Hub id, via `datasets`
     batch = data.batch_for_step({"math": rows}, None, step=0, n=8, seed=0)   # one step's prompts (data/mix.py)
 """
 
@@ -13,8 +14,8 @@ from data.mix import batch_for_step, mix_weights, split_counts
 
 
 def load(spec: str, domains: list[str], split: str, *, seed: int = 0, difficulty: int = 1) -> list[dict]:
-    """Rows of `domains`: spec "embedded" generates them (split and difficulty apply); any other spec is
-    a file path, read whole whatever the split (see data/loaders.py for the formats it recognises)."""
+    """Rows of `domains`: spec "embedded" generates them (split and difficulty apply); any other spec is a file,
+    a dataset directory or a Hub id, read with `datasets` and used whole whatever the split (data/loaders.py)."""
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
         raise ValueError(f"unknown domain(s) {', '.join(map(repr, unknown))}; valid domains: {', '.join(DOMAINS)}")

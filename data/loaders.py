@@ -1,10 +1,17 @@
-"""The row schema, its validation, and readers that turn data files into rows.
+"""The row schema, its validation, and readers that turn data files and datasets into rows.
 
     from data.loaders import load_file, validate_row
     rows = load_file("train.jsonl", ["math", "code"])       # row schema or Nemotron RL blend
     rows = load_file("gpqa_diamond.csv", ["science"])       # a benchmark file, auto-detected
+    rows = load_file("nvidia/Nemotron-3-Nano-RL-Training-Blend", ["math"])   # a Hub dataset (or the HF cache)
 
-Formats, detected from the keys of each file's first record (see `detect_format`):
+Every source is read with the `datasets` library (read_records), so the HF cache, HF_DATASETS_CACHE and offline
+mode (HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) apply as they do to any load_dataset call. A spec is:
+  a file        .jsonl, .jsonl.gz, .json (a list), .csv, .parquet, .arrow
+  a directory   a dataset saved with save_to_disk (dir@split picks a split), or a folder of data files
+  a Hub id      org/name, org/name:config, org/name@split, org/name:config@split
+  stream:SPEC   the same, streamed (IterableDataset: no Arrow copy in the cache; rows still end up in memory)
+Formats, detected from the keys of the first record (see `detect_format`):
   rows        the row schema itself (data/README.md)
   nemotron    Nemotron-3-Nano RL training blend: `dataset`, `responses_create_params.input`, ...
   aime        problem/question + answer
@@ -12,20 +19,22 @@ Formats, detected from the keys of each file's first record (see `detect_format`
   ifeval      key, prompt, instruction_id_list, kwargs (IFEval; IFBench uses the same shape)
   livecodebench  question_content, public_test_cases, private_test_cases, metadata
   mmlu_redux  question, choices, answer (an index)
-File types: .jsonl, .jsonl.gz, .json (a list), .csv, and .parquet when pyarrow is installed.
-A file is used whole, whatever split it is loaded for; rows of domains not asked for are dropped.
+A source is used whole, whatever split it is loaded for; rows of domains not asked for are dropped. Errors name
+the file (or Hub id), the line (row for Arrow sources) and the field.
 """
 
 import base64
 import csv
-import gzip
+import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import pickle
 import random
 import string
+import typing
 import warnings
 import zlib
 
@@ -94,47 +103,131 @@ def _validate_tests(tests, bad) -> None:
         bad("tests", "of kind assert needs 'code' (str) and 'entry_point' (non-empty str)")
 
 
-# ----------------------------------------------------------------------------- reading files
+# ----------------------------------------------------------------------------- reading: through `datasets`
 
-def read_records(path: str) -> list[tuple[int, dict]]:
-    """(line or row number, record) pairs from a .jsonl[.gz] / .json / .csv / .parquet file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
-    name = os.path.basename(path)
-    if path.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if path.endswith(".gz") else open
-        records = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append((line_no, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{name} line {line_no}: invalid JSON ({e.msg})") from None
-        return records
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, list):
-            raise ValueError(f"{name}: a .json data file must hold a list of records")
-        return list(enumerate(data, 1))
-    if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:  # line numbers count the header as line 1
-            return [(i, dict(r)) for i, r in enumerate(csv.DictReader(f), 2)]
-    if path.endswith(".parquet"):
+ARROW_FILES = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+JSON_FILES = (".jsonl", ".jsonl.gz", ".json")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, str | None, bool]:
+    """--data SPEC -> (path or hub id, config, split, streaming). A leading "stream:" asks for streaming; a hub id
+    may end in :CONFIG and @SPLIT (org/name:config@split), a dataset directory in @SPLIT; a path that exists is
+    taken whole."""
+    streaming = spec.startswith("stream:")
+    spec = spec.removeprefix("stream:")
+    if os.path.exists(spec):
+        return spec, None, None, streaming
+    head, at, split = spec.rpartition("@")
+    if at and os.path.isdir(head):
+        return head, None, split or None, streaming
+    if spec.endswith(JSON_FILES + tuple(ARROW_FILES)) or spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        return spec, None, None, streaming   # a path, even one that does not exist: the reader says so
+    name, _, split = spec.partition("@")
+    name, _, config = name.partition(":")
+    return name, config or None, split or None, streaming
+
+
+def _drop_nulls(x):
+    """Arrow gives every record every column of its table, so keys a record did not have come back as None:
+    drop None values from dicts (recursively), so that absent keys are absent again. Lists are kept as they are."""
+    if isinstance(x, dict):
+        return {k: _drop_nulls(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_drop_nulls(v) for v in x]
+    return x
+
+
+def _one_split(ds, label: str, split: str | None):
+    """The split asked for, or the only one there is."""
+    if not hasattr(ds, "keys"):   # a Dataset or IterableDataset: load_dataset already took the split
+        return ds
+    if split is None:
+        if len(ds) == 1:
+            return next(iter(ds.values()))
+        raise ValueError(f"{label} has splits {', '.join(ds)}: choose one, e.g. {label}@{next(iter(ds))}")
+    if split not in ds:
+        raise ValueError(f"{label} has no split {split!r}; its splits: {', '.join(ds)}")
+    return ds[split]
+
+
+def read_records(spec: str) -> tuple[str, str, typing.Iterator[tuple[int, dict]]]:
+    """(name, unit, records) of a data spec, read with `datasets` (so the HF cache and offline mode apply):
+    records yields (number, record) lazily; errors name `name` and `unit` ("line" or "row") and the number.
+      .jsonl, .jsonl.gz   the "text" builder, one JSON record per line (numbers are line numbers, blank lines
+                          counted); .json: the whole file as one text, a list of records. Each record is parsed
+                          here, so it keeps exactly the keys and types of the file: the "json" builder would give
+                          every record the columns of all of them, change "9" to 9 in a column that mixes
+                          strings and numbers, and skip blank lines.
+      .parquet, .arrow    the "parquet" / "arrow" builders; .csv the "csv" one, every cell a string, empty
+                          cells "" (row numbers; in a .csv the header is line 1, so the first record is 2)
+      a directory         datasets.load_from_disk if it holds a saved dataset, else load_dataset(dir)
+      org/name[:config][@split]   load_dataset from the Hub or the HF cache; split: the only one, or @split
+    Records that come through Arrow tables (all but .jsonl/.json) have None values dropped (see _drop_nulls)."""
+    import datasets
+
+    path, config, split, streaming = parse_spec(spec)
+    name = os.path.basename(path.rstrip("/")) or path
+    load = functools.partial(datasets.load_dataset, streaming=streaming)
+    if os.path.isfile(path) or path.endswith(JSON_FILES + tuple(ARROW_FILES)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data file {path!r} does not exist")
+        if path.endswith((".jsonl", ".jsonl.gz")):
+            lines = load("text", data_files=path, split="train")
+            return name, "line", _json_lines(lines, name)
+        if path.endswith(".json"):
+            doc = "".join(r["text"] for r in load("text", data_files=path, split="train", sample_by="document"))
+            try:
+                data = json.loads(doc)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{name}: invalid JSON ({e})") from None
+            if not isinstance(data, list):
+                raise ValueError(f"{name}: a .json data file must hold a list of records")
+            return name, "line", enumerate(data, 1)
+        ext = next((e for e in ARROW_FILES if path.endswith(e)), None)
+        if ext is None:
+            raise ValueError(f"{name}: unsupported file type; use .jsonl, .jsonl.gz, .json, .csv, .parquet, .arrow, "
+                             "a dataset directory or a Hub dataset id")
+        extra = {}
+        if ext == ".csv":   # every column a string and empty cells "", as the file has them (no type guessing)
+            with open(path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            extra = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
+                     "na_filter": False}
+        table = load(ARROW_FILES[ext], data_files=path, split="train", **extra)
+        first = 2 if ext == ".csv" else 1
+        return name, "line" if ext == ".csv" else "row", ((n, _drop_nulls(r)) for n, r in enumerate(table, first))
+    if os.path.isdir(path):
+        saved = any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+        ds = datasets.load_from_disk(path) if saved else load(path, name=config)
+        return name, "row", ((n, _drop_nulls(r)) for n, r in enumerate(_one_split(ds, path, split), 1))
+    if os.path.exists(path) or path.count("/") != 1:
+        raise ValueError(f"{path}: unsupported data; use a .jsonl, .jsonl.gz, .json, .csv, .parquet or .arrow "
+                         "file, a dataset directory, or a Hub dataset id org/name[:config][@split]")
+    try:
+        ds = load(path, name=config, split=split)
+    except (ConnectionError, FileNotFoundError) as e:   # offline or unreachable: datasets raises ConnectionError
+        raise FileNotFoundError(
+            f"--data {spec}: not in the local HF cache and not loadable from the Hugging Face Hub ({e}). Offline "
+            "(HF_DATASETS_OFFLINE=1 or HF_HUB_OFFLINE=1) only cached datasets load: load it once with network, or "
+            "pass a local file or directory") from None
+    return path, "row", ((n, _drop_nulls(r)) for n, r in enumerate(_one_split(ds, path, split), 1))
+
+
+def _json_lines(lines, name: str) -> typing.Iterator[tuple[int, dict]]:
+    for line_no, row in enumerate(lines, 1):
+        text = row["text"]
+        if not text.strip():
+            continue
         try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ImportError(f"{name}: reading .parquet needs pyarrow (pip install pyarrow)") from None
-        return list(enumerate(pq.read_table(path).to_pylist(), 1))
-    raise ValueError(f"{name}: unsupported file type; use .jsonl, .jsonl.gz, .json, .csv or .parquet")
+            yield line_no, json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name} line {line_no}: invalid JSON ({e.msg})") from None
 
 
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a file in the row schema, each validated (errors name the file, line and field)."""
-    name = os.path.basename(path)
-    return [validate_row(r, f"{name} line {n}") for n, r in read_records(path)]
+    name, unit, records = read_records(path)
+    return [validate_row(r, f"{name} {unit} {n}") for n, r in records]
 
 
 def detect_format(record: dict) -> str:
@@ -157,21 +250,23 @@ def detect_format(record: dict) -> str:
     raise ValueError(f"unknown record format with keys {sorted(keys)[:12]}; see data/README.md")
 
 
-def load_file(path: str, domains: list[str], *, seed: int = 0) -> list[dict]:
-    """Rows of the requested domains from any supported file (see the module docstring)."""
-    name = os.path.basename(path)
-    records = read_records(path)
-    if not records:
+def load_file(spec: str, domains: list[str], *, seed: int = 0) -> list[dict]:
+    """Rows of the requested domains from any data spec read_records takes (see the module docstring)."""
+    name, unit, records = read_records(spec)
+    first = next(records, None)
+    if first is None:
         raise ValueError(f"{name}: no records")
+    records = itertools.chain([first], records)
     try:
-        fmt = detect_format(records[0][1])
+        fmt = detect_format(first[1])
     except ValueError as e:
-        raise ValueError(f"{name} line {records[0][0]}: {e}") from None
+        raise ValueError(f"{name} {unit} {first[0]}: {e}") from None
     if fmt == "nemotron":
-        return convert_nemotron(records, domains, name)
-    rows = []
+        return convert_nemotron(records, domains, name, unit)
+    rows, n_records = [], 0
     for n, record in records:
-        where = f"{name} line {n}"
+        n_records += 1
+        where = f"{name} {unit} {n}"
         if fmt == "rows":
             row = validate_row(record, where)
         else:
@@ -180,7 +275,7 @@ def load_file(path: str, domains: list[str], *, seed: int = 0) -> list[dict]:
                 continue
         if row["domain"] in domains:
             rows.append(validate_row(row, where))
-    skipped = len(records) - len(rows)
+    skipped = n_records - len(rows)
     if fmt == "mmlu_redux" and skipped and "science" in domains:
         warnings.warn(f"{name}: skipped {skipped} MMLU-Redux rows whose error_type is not 'ok'")
     return rows
@@ -209,7 +304,8 @@ def mcq_prompt(question: str, options: list[str], letters: str = string.ascii_up
 
 # ----------------------------------------------------------------------------- Nemotron RL blend
 
-def convert_nemotron(records: list[tuple[int, dict]], domains: list[str], name: str) -> list[dict]:
+def convert_nemotron(records: typing.Iterable[tuple[int, dict]], domains: list[str], name: str,
+                     unit: str = "line") -> list[dict]:
     """Rows from the Nemotron-3-Nano RL blend (train.jsonl after its create_nanov3_jsonl.py has filled
     the math placeholders). Field layout per `dataset`:
       all        responses_create_params.input: the chat messages (a string is one user message)
@@ -220,7 +316,7 @@ def convert_nemotron(records: list[tuple[int, dict]], domains: list[str], name: 
     Rows of other datasets are skipped and counted in a warning."""
     rows, skipped = [], {}
     for n, record in records:
-        where = f"{name} line {n}"
+        where = f"{name} {unit} {n}"
         dataset = record.get("dataset") if isinstance(record, dict) else None
         domain = NEMOTRON_DOMAINS.get(dataset)
         if domain is None:

@@ -1,12 +1,16 @@
 import base64
 import contextlib
+import csv
 import gzip
 import io
 import json
 import os
 import pickle
 import re
+import shutil
+import subprocess
 import sys
+import warnings
 import zlib
 from fractions import Fraction
 
@@ -15,6 +19,7 @@ import pytest
 import data
 from data.embedded import IF_IDS
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 GENERATED = ["math", "science", "if"]  # code eval is HumanEval + generated, tested on its own
 
@@ -265,19 +270,130 @@ def test_unknown_file_type_and_format(tmp_path):
         data.load(str(tmp_path / "odd.jsonl"), ["math"], "train")
 
 
-def test_parquet_needs_pyarrow(tmp_path):
-    path = tmp_path / "rows.parquet"
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        path.write_bytes(b"PAR1")
-        with pytest.raises(ImportError, match="pip install pyarrow"):
-            data.load(str(path), ["math"], "train")
-        return
-    rows = data.read_jsonl(fixture("rows.jsonl"))
-    pq.write_table(pa.Table.from_pylist([rows[0]]), path)
-    assert data.load(str(path), ["math"], "train") == [rows[0]]
+# ----------------------------------------------------------------------------- the `datasets` path
+
+def hand_records(path):
+    """The hand-written reader data/loaders.py had before it read through `datasets`: (number, record) pairs,
+    one JSON record per line (blank lines counted) or one csv.DictReader row per record (the header is line 1)."""
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(enumerate(csv.DictReader(f), 2))
+    with open(path, encoding="utf-8") as f:
+        return [(n, json.loads(line)) for n, line in enumerate(f, 1) if line.strip()]
+
+
+def hand_rows(path, domains, seed=0):
+    records, name = hand_records(path), os.path.basename(path)
+    fmt = data.detect_format(records[0][1])
+    if fmt == "nemotron":
+        return data.convert_nemotron(records, domains, name)
+    rows = [data.validate_row(r, name) if fmt == "rows" else data.CONVERTERS[fmt](r, name, seed=seed)
+            for _, r in records]
+    return [r for r in rows if r is not None and r["domain"] in domains]
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "nemotron_blend.jsonl", "aime.jsonl", "gpqa_diamond.csv",
+                                  "ifeval.jsonl", "livecodebench.jsonl", "mmlu_redux.jsonl"])
+def test_datasets_reader_gives_the_rows_of_the_hand_written_one(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the blend's skipped datasets, MMLU-Redux's flagged rows
+        want = hand_rows(fixture(name), list(data.DOMAINS), seed=3)
+        got = data.load(fixture(name), list(data.DOMAINS), "eval", seed=3)
+    assert got == want and len(got) >= 2
+
+
+def arrow_table(path):
+    """A jsonl file as one Arrow table, every row with every key (datasets' json builder; Dataset.from_list
+    would take the keys of the first row only)."""
+    import datasets
+    return datasets.load_dataset("json", data_files=str(path), split="train")
+
+
+def test_every_local_form_gives_the_same_rows(tmp_path):
+    """The row-schema fixture, whose rows have different keys per domain, as parquet, arrow, a saved dataset
+    (one split, and several with @split), a directory of jsonl files, gzip, and streamed: always the same rows.
+    The Arrow forms hold every key in every row (None where a row had none); the reader drops them again."""
+    import datasets
+    want = data.load(fixture("rows.jsonl"), list(data.DOMAINS), "train")
+    table = arrow_table(fixture("rows.jsonl"))
+    assert table[0]["tests"] is None   # what the reader has to undo
+    table.to_parquet(str(tmp_path / "rows.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": table, "test": table.select([0])}).save_to_disk(str(tmp_path / "saved_dict"))
+    os.makedirs(tmp_path / "folder")
+    shutil.copy(fixture("rows.jsonl"), tmp_path / "folder" / "train.jsonl")
+    with open(fixture("rows.jsonl"), "rb") as f, gzip.open(tmp_path / "rows.jsonl.gz", "wb") as g:
+        g.write(f.read())
+    arrow = next(f for f in os.listdir(tmp_path / "saved") if f.endswith(".arrow"))
+    shutil.copy(tmp_path / "saved" / arrow, tmp_path / "rows.arrow")
+    for spec in ["rows.parquet", "rows.arrow", "saved", "saved_dict@train", "folder", "rows.jsonl.gz",
+                 "stream:rows.jsonl.gz", "stream:rows.parquet", "stream:folder"]:
+        path = spec.replace("stream:", "stream:" + str(tmp_path) + os.sep) if spec.startswith("stream:") \
+            else str(tmp_path / spec)
+        assert data.load(path, list(data.DOMAINS), "train") == want, spec
+    assert [r["id"] for r in data.load(str(tmp_path / "saved_dict@test"), list(data.DOMAINS), "eval")] == ["m1"]
+    with pytest.raises(ValueError, match="has splits train, test: choose one, e.g. .*saved_dict@train"):
+        data.load(str(tmp_path / "saved_dict"), ["math"], "train")
+
+
+def test_malformed_row_in_a_parquet_file_names_the_row_and_field(tmp_path):
+    rows = [json.loads(line) for line in open(fixture("rows.jsonl"))]
+    rows[2]["tests"] = {"kind": "stdio", "inputs": ["1"], "outputs": []}
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    arrow_table(tmp_path / "bad.jsonl").to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(ValueError, match=re.escape("bad.parquet row 3: field 'tests' of kind stdio")):
+        data.load(str(tmp_path / "bad.parquet"), list(data.DOMAINS), "train")
+
+
+@pytest.mark.parametrize("spec,parsed", [
+    ("nvidia/Nemotron-3-Nano-RL-Training-Blend", ("nvidia/Nemotron-3-Nano-RL-Training-Blend", None, None, False)),
+    ("edinburgh-dawg/mmlu-redux-2.0:astronomy@test", ("edinburgh-dawg/mmlu-redux-2.0", "astronomy", "test", False)),
+    ("stream:google/IFEval@train", ("google/IFEval", None, "train", True)),
+    ("out/blend.jsonl", ("out/blend.jsonl", None, None, False)),      # a file that does not exist is still a file
+    ("./org/name", ("./org/name", None, None, False)),
+    ("blend.parquet", ("blend.parquet", None, None, False)),
+])
+def test_parse_spec(spec, parsed):
+    assert data.loaders.parse_spec(spec) == parsed
+
+
+def _run_data_load(spec, env):
+    code = f"import data, json; print(json.dumps(data.load({spec!r}, ['math', 'code', 'science', 'if'], 'train')))"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hub_id_offline_loads_from_the_hf_cache(tmp_path):
+    """A Hub dataset loaded once is read back offline from the HF cache. The cache entry is made here as
+    datasets 5.2.0 (pinned) leaves one for a Hub dataset: <cache>/<org>___<name>/<config>/<version>/<hash>/ with
+    <name>-<split>.arrow and dataset_info.json, which is where its offline lookup finds it."""
+    import datasets
+    arrow_table(fixture("rows.jsonl")).to_parquet(str(tmp_path / "rows.parquet"))
+    builder = datasets.load_dataset_builder("parquet", data_files={"train": str(tmp_path / "rows.parquet")},
+                                            cache_dir=str(tmp_path / "build"))
+    builder.download_and_prepare()
+    prepared = builder.cache_dir   # .../parquet/<config>/<version>/<hash>
+    config_dir = os.path.dirname(os.path.dirname(prepared))
+    target = tmp_path / "cache" / "fakeorg___rows" / "default"
+    shutil.copytree(config_dir, target)
+    entry = target / os.path.relpath(prepared, config_dir)
+    os.rename(entry / "parquet-train.arrow", entry / "rows-train.arrow")
+    env = {"HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    r = _run_data_load("fakeorg/rows", env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == data.load(fixture("rows.jsonl"), list(data.DOMAINS), "train")
+
+
+def test_hub_id_not_in_the_cache_fails_offline_with_one_clear_line(tmp_path):
+    env = {"HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "train.py", "--domains", "math", "--data", "fakeorg/absent",
+                        "--out-dir", str(tmp_path)], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("FileNotFoundError: --data fakeorg/absent: not in the local HF cache") and \
+        "HF_DATASETS_OFFLINE=1" in last, r.stderr[-2000:]
+    assert not (tmp_path / "math").exists()
 
 
 # ----------------------------------------------------------------------------- Nemotron RL blend
