@@ -285,8 +285,10 @@ def check_config(cfg: Config) -> list[float]:
             raise ValueError(f"--{name} is required")
     if not cfg.models:
         raise ValueError("--models is required: one or more expert directories, comma separated")
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    for name, hint in typing.get_type_hints(Config).items():   # a YAML file can hold any string
+        if typing.get_origin(hint) is Literal and getattr(cfg, name) not in typing.get_args(hint):
+            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(cfg, name)!r}; choose one of "
+                             f"{', '.join(typing.get_args(hint))}")
     if cfg.weights and len(cfg.weights) != len(cfg.models):
         raise ValueError(f"--weights has {len(cfg.weights)} values for {len(cfg.models)} --models")
     if cfg.weights and cfg.method in ("sce", "model_stock", "tsv"):

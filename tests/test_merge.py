@@ -612,7 +612,8 @@ def test_bad_settings(ckpts, tmp_path):
     for kw, match in [(dict(p=1.0), r"--p .* \[0, 1\)"), (dict(p=-0.1), r"--p"), (dict(method="slerp"), "--method"),
                       (dict(weights=[1.0]), "--weights has 1 values for 3"), (dict(top_k=0.0), "--top-k"),
                       (dict(method="sce", weights=[1.0, 1.0, 1.0]), "drop --weights"),
-                      (dict(della_density=0.1, della_epsilon=0.2), "DELLA")]:
+                      (dict(della_density=0.1, della_epsilon=0.2), "DELLA"),
+                      (dict(method="ties", sign_tie="majorty"), "--sign-tie 'majorty'; choose one of majority, plus")]:
         assert_fails_cleanly(ckpts, tmp_path, ValueError, match, **kw)
     with pytest.raises(SystemExit):  # the CLI rejects unknown methods before anything runs
         cli(["--method", "slerp", "--base", "b", "--models", "m", "--out", "o"])
