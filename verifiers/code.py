@@ -9,9 +9,27 @@ whole text). Test kinds (row["tests"]["kind"]):
   "stdio"   one run per input; stdout must equal the expected output after stripping trailing
             whitespace on each line and trailing blank lines, and the exit status must be 0.
   "assert"  HumanEval style: one run of program + tests["code"] + "check(<entry_point>)".
-Reward 1.0 only if every test passes; `score` also reports "passed" and "total". After the first test
-that is killed (time, memory, output size) the remaining stdio tests are counted failed without
-running, so a program stuck in a loop costs one timeout, not one per test.
+Reward 1.0 only if every test passes; `score` also reports "passed" and "total". A run stopped by the
+wall clock or by the CPU-time limit gets the one verdict "timeout" (which of the two fires first on a
+busy loop is a race, so both read the same), and one stopped at the output-size limit "output limit";
+after such a run the remaining stdio tests are counted failed without running, so a program stuck in
+a loop costs one timeout, not one per test.
+
+Two graders (grader=...): "lenient" (default) runs every test of the row; "paper" is the paper's code
+reward, pass-all on at most 20 of the row's stdio tests (`paper_tests`: drawn once per row id, so
+every completion of a row meets the same ones), and no reward without `</think>` when think=True.
+
+Accepted and refused completions (tests/test_verifiers.py and tests/test_sandbox.py):
+
+    | completion                                          | reward | error                      |
+    |-----------------------------------------------------|--------|----------------------------|
+    | ```python block that prints the right output        | 1      |                            |
+    | right output, then exit status 1                    | 0      |                            |
+    | right on 1 test of 2                                | 0      | (passed 1, total 2)        |
+    | does not compile                                    | 0      | does not compile: ...      |
+    | while True: pass                                    | 0      | timeout                    |
+    | assert kind: sys.exit(0) / os._exit(0) before check | 0      |                            |
+    | prints without end                                  | 0      | output limit               |
 
 Sandbox (one fresh process per test run, see `run_sandboxed`):
   * always: a new session whose whole process group is SIGKILLed at the wall-clock timeout; rlimits
