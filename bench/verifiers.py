@@ -14,6 +14,8 @@ Rows measured:
   math-verify   the same rows answered as \\boxed{\\frac{2 \\cdot (a)}{2}}, which only math-verify decides
   code-assert   HumanEval problems: one sandboxed run of program + check() each
   code-stdio    generated stdin/stdout problems: one sandboxed run per test case
+  code-group    code-assert rows, each answered 8 times by the same completion, as GRPO groups often
+                are: verify_batch runs each distinct (completion, row) once, the serial loop every time
   science, if   pure Python, microseconds to milliseconds
 """
 
@@ -36,7 +38,8 @@ class Config:
     """Checks/s of each verifier on this machine."""
 
     rows: int = 40
-    """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row."""
+    """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row. 164 code-assert
+    rows are HumanEval's 164 problems (code-assert is then every canonical solution and 164 wrong answers)."""
     workers: int = 4
     """verify_batch's pool size."""
 
@@ -57,16 +60,19 @@ def workloads(n: int) -> dict[str, tuple[list[str], list[dict]]]:
     loads["math-verify"] = ([f"\\boxed{{\\frac{{2 \\cdot ({r['answer']})}}{{2}}}}" for r in math_rows]
                             + [f"\\boxed{{\\frac{{2 \\cdot ({r['answer']})}}{{3}}}}" for r in math_rows],
                             math_rows + math_rows)
-    return {name: loads[name] for name in ["math", "math-verify", "code-assert", "code-stdio", "science", "if"]}
+    group = [r for r in sets["code-assert"][: max(1, n // 8)] for _ in range(8)]
+    loads["code-group"] = ([r["reference"] for r in group], group)
+    return {name: loads[name] for name in ["math", "math-verify", "code-assert", "code-stdio", "code-group", "science", "if"]}
 
 
 def main(cfg: Config) -> None:
-    sandbox = "bubblewrap" if code.bwrap_works() else "rlimits + audit hook (no working bwrap)"
-    print(f"{os.cpu_count()} CPUs, code sandbox: {sandbox}, verify_batch workers={cfg.workers}")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, verify_batch workers={cfg.workers}")
+    print(code.sandbox_status())
     print(f"{'workload':<13}{'checks':>8}{'reward':>8}{'serial/s':>11}{'batch/s':>10}")
     for name, (completions, rows) in workloads(cfg.rows).items():
         verify = VERIFIERS[rows[0]["domain"]]
-        verify(completions[0], rows[0])  # warm-up: helper processes, profiles, sandbox probe
+        for c, r in list(zip(completions, rows))[:10]:  # warm-up: helper processes, profiles, NLTK, sandbox probe
+            verify(c, r)
         start = time.perf_counter()
         rewards = [verify(c, r) for c, r in zip(completions, rows)]
         serial = len(rows) / (time.perf_counter() - start)

@@ -143,7 +143,17 @@ def test_math_paper_grader_errors():
     ("total -1,250.5 dollars", "-1,250.5"),
     ("nothing", None),
     ("To answer this, add 2 and 3: the sum is 5.", "5"),                       # "answer this" is no statement
-    (r"so $\frac{1+\sqrt{5}}{2}$ it is", None),                               # no earlier number instead
+    (r"so $\frac{1+\sqrt{5}}{2}$ it is", r"\frac{1+\sqrt{5}}{2}"),            # the math span, whole
+    (r"\frac{10}{9}", r"\frac{10}{9}"),                                        # the text is one expression
+    ("so it is 3 or 4", None),                                                 # hedging: no fallback answer
+    ("so it is $3$ or $4$", None),
+    ("so it is [0,2)", None),
+    ("I have 2 apples and 3 pears", "3"),
+    ("Soucis : 2,74 $ a..", "2,74"),
+    ("It costs 1 000 dollars", "1 000"),
+    ("Final Answer: Jane started growing it 3 hours ago.", "3"),
+    ("Final Answer: The final answer is $x-2y+z-1=0$. I hope it is correct.", "x-2y+z-1=0"),
+    (r"so \boxed{200} then \boxed{255}. Final Answer: The final answer is $10,455$.", "10,455"),
     ("x is 5 and then 2x", None),
     ("the result is 3.", "3"),
     ("Final Answer: The largest $n$ is 34.", "34"),
@@ -363,9 +373,20 @@ def test_program_that_does_not_compile_skips_the_sandbox(monkeypatch):
         code.score("print(3)", {"tests": ADD})
 
 
-def test_normalize_output():
-    assert code.normalize_output("a  \r\nb\t\n\n\n") == code.normalize_output("a\nb") == "a\nb"
-    assert code.normalize_output(" a") != code.normalize_output("a")  # leading spaces matter
+@pytest.mark.parametrize("actual, expected, match", [
+    ("a  \r\nb\t\n\n\n", "a\nb", True),       # trailing spaces, CRLF, trailing blank lines
+    (" a", "a", True),                         # lines are stripped on both ends (LiveCodeBench)
+    ("2.50\n", "2.5", True),                   # numbers compare as decimals
+    ("1 2", "1  2", True),
+    ("1e3", "1000", True),
+    ("0.333", "0.3333", False),                # exactly: no tolerance
+    ("1\n\n2", "1\n2", False),                 # a blank line inside the output counts
+    ("x 1", "x 1.0", False),                   # a line with a word compares as text
+    ("YES", "yes", False),
+    ("", "0", False),
+])
+def test_outputs_match(actual, expected, match):
+    assert code.outputs_match(actual, expected) is match
 
 
 # --- instruction following -------------------------------------------------------------------------

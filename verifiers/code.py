@@ -6,8 +6,9 @@
 
 The program is the last ```python fenced block of the graded text (else the last ``` block, else the
 whole text). Test kinds (row["tests"]["kind"]):
-  "stdio"   one run per input; stdout must equal the expected output after stripping trailing
-            whitespace on each line and trailing blank lines, and the exit status must be 0.
+  "stdio"   one run per input; the exit status must be 0 and stdout must match the expected output
+            by LiveCodeBench's rule (`outputs_match`: line by line after stripping, numbers compared
+            as decimals, so "2.50" matches "2.5" and a leading space does not matter).
   "assert"  HumanEval style: one run of program + tests["code"] + "check(<entry_point>)".
 Reward 1.0 only if every test passes; `score` also reports "passed" and "total". A run stopped by the
 wall clock or by the CPU-time limit gets the one verdict "timeout" (which of the two fires first on a
@@ -76,6 +77,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from decimal import Decimal, InvalidOperation
 
 from verifiers.common import graded_text, result
 
@@ -396,8 +398,30 @@ def _verdict(run: dict) -> str | None:
 
 
 def normalize_output(text: str) -> str:
-    """Strip trailing whitespace on each line and trailing blank lines (the stdio comparison rule)."""
-    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
+    """Strip the whole output, then each of its lines (LiveCodeBench's first comparison step)."""
+    return "\n".join(line.strip() for line in text.strip().split("\n"))
+
+
+def _as_decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(token) for token in line.split()]
+    except InvalidOperation:
+        return None
+
+
+def outputs_match(actual: str, expected: str) -> bool:
+    """LiveCodeBench's stdio rule: after stripping the whole output, the same number of lines, and each
+    line equal after stripping, or else made of the same numbers ("2.50" == "2.5", "1e3" == "1000").
+    Leading and trailing spaces of a line and trailing blank lines never matter; a blank line inside
+    the output does. The numbers compare exactly, as decimals: "0.333" is not "0.3333"."""
+    got, want = actual.strip().split("\n"), expected.strip().split("\n")
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        a, b = a.strip(), b.strip()
+        if a != b and (_as_decimals(a) is None or _as_decimals(a) != _as_decimals(b)):
+            return False
+    return True
 
 
 def _tests_error(tests) -> str | None:
@@ -475,7 +499,7 @@ def _run_tests(program: str, tests: dict, total: int, limits: dict) -> dict:
     passed, error = 0, None
     for stdin, expected in zip(tests["inputs"], tests["outputs"]):
         run = run_sandboxed(program, stdin, **limits)
-        passed += run["exit_code"] == 0 and normalize_output(run["stdout"]) == normalize_output(expected)
+        passed += run["exit_code"] == 0 and outputs_match(run["stdout"], expected)
         error = _verdict(run)
         if error:  # the remaining tests would be stopped too
             break

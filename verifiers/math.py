@@ -9,14 +9,17 @@ Two graders (grader=...), both on the text after the reasoning block:
       1. the \\boxed{...} answers (nested braces kept whole). Several boxes holding different
          answers are read together as one list ("2, 3"), which a list-valued reference can equal and a
          single-valued one cannot: boxing every candidate never pays;
-      2. the last answer statement: "Answer: 42", "The final answer is $x^2$.", "#### 42" (GSM8K). In
-         prose, the value after the last "is", "are" or "=" is taken: "Final Answer: The largest $n$
-         is 34." gives 34;
-      3. the last number in the text, only when it stands alone: "the sum is 42" gives 42, but the 2
-         of "$\\frac{1+\\sqrt{5}}{2}$", of "5^2" or of "10 - 2" is no answer at all. This fallback
-         is lenient on purpose: the tiny CPU model that emits just "7" earns its reward, which is the
-         embedded run's learning signal. It also pays a stray correct number at the end of a wrong
-         derivation; turn it off with last_number=False to measure how much that matters.
+      2. the last answer statement: "Answer: 42", "The final answer is $x^2$.", "#### 42" (GSM8K); it
+         also wins over boxes written before it. In prose, the value after the last "is", "are" or
+         "=" is taken ("Final Answer: The largest $n$ is 34." gives 34), else the statement's only
+         number or math span ("Answer: she left 3 hours ago" gives 3);
+      3. fallbacks: the whole text when it is one expression ("7", "\\frac{10}{9}"); else the last
+         math span ("... so $x \\geq 5$ holds"); else the last number, only when it stands alone:
+         "the sum is 42" gives 42, but the 2 of "5^2", of "10 - 2" or of "[0,2)" is no answer at all,
+         and neither is the 4 of "3 or 4" or of "$3$ or $4$" (hedging). These fallbacks are lenient
+         on purpose: the tiny CPU model that emits just "7" earns its reward, which is the embedded
+         run's learning signal. They also pay a stray correct number at the end of a wrong
+         derivation; turn them off with last_number=False to measure how much that matters.
   paper  DeepScaleR's grader, which the paper trains with: the text after `</think>` (none: 0), then
       after the last "Answer:" when there is one; a \\boxed{} answer is required (none: 0). Two
       deviations: boxes holding different answers are read as a list as above (DeepScaleR grades the
@@ -75,7 +78,8 @@ MAX_ANSWER_CHARS = 1000  # longer extracted answers are not sent to sympy: they 
 
 # "answer" must be followed by "is" or ":"/"=" to be a statement: "to answer this, ..." is not one.
 _STATEMENT = re.compile(r"(?:(?i:answer)\s*(?:(?i:is)\s*[:=]?|[:=])|^\s*####)[ \t]*(.+)$", re.MULTILINE)
-_LAST_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+]?\.\d+")
+# Thousands grouped by "," or a space ("1,000", "1 000"), a decimal point or comma ("2.5", "2,74").
+_LAST_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:[, ]\d{3})+(?!\d)|\d+)(?:[.,]\d+)?(?:/\d+)?|[-+]?\.\d+")
 _OPERATORS = set("+-*/^_{}\\|×·÷<>=")  # a number next to one of these is part of a larger expression
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 
@@ -99,8 +103,12 @@ def _clean_statement(text: str) -> str:
     prose = re.sub(r"\\[A-Za-z]+", " ", prose)  # LaTeX commands are not words
     if not re.search(r"[A-Za-z]{2,}", prose):
         return text  # an expression, not prose
-    links = list(re.finditer(r"(?:\b(?:is|are|equals|was)\b|=)\s*", text))
-    return _unwrap(text[links[-1].end():]) if links else text
+    outside = _MATH_SPAN.sub(lambda m: "x" * len(m.group()), text)  # an "=" inside $...$ is no link
+    links = list(re.finditer(r"(?:\b(?:is|are|equals|was)\b|=)\s*", outside))
+    if links:
+        return _unwrap(text[links[-1].end():])
+    values = [m.group() for m in _MATH_SPAN.finditer(text)] or _LAST_NUMBER.findall(text)
+    return _unwrap(values[0]) if len(values) == 1 else text  # "Sphere started 3 hours ago" -> "3"
 
 
 def _distinct(answers: list[str]) -> str | None:
@@ -109,12 +117,23 @@ def _distinct(answers: list[str]) -> str | None:
     return ", ".join(a.strip() for a in unique) if unique else None
 
 
+def _prose(text: str) -> bool:
+    """True if the text has a word of 2+ letters outside math spans and LaTeX commands."""
+    return re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", " ", _MATH_SPAN.sub(" ", text))) is not None
+
+
+def _hedged(text: str, start: int) -> bool:
+    """True if what stands before text[start:] is another value and "or", "and", "," or "/": "3 or 4"."""
+    return re.search(r"(?:\d|\$|\\\)|\\\]|\})\s*(?:\bor\b|\band\b|,|/)\s*(?:\$|\\\(|\\\[)?\s*$",
+                     text[:start]) is not None
+
+
 def _standalone(text: str, start: int, end: int) -> bool:
     """True if text[start:end] is not part of a larger expression (no operator or letter next to it)."""
     before, after = text[:start].rstrip(), text[end:].lstrip()
     touching = (text[start - 1] if start else " ") + (text[end] if end < len(text) else " ")
-    if any(c.isalnum() for c in touching):
-        return False  # 5x, x5, 2a
+    if any(c.isalnum() or c in ",([" for c in touching):
+        return False  # 5x, x5, 2a, the 1 of [0,1)
     if (before[-1:] in _OPERATORS and before[-1:] != "=") or after[:1] in _OPERATORS:
         return False  # "= 5" is an equation's value; "10 - 2", "5^2", "{2}" are parts of expressions
     return not (after[:1] == "." and after[1:2].isdigit())
@@ -122,16 +141,25 @@ def _standalone(text: str, start: int, end: int) -> bool:
 
 def extract_answer(text: str, *, last_number: bool = True) -> str | None:
     """The final answer written in `text` by the lenient grader's rules (module docstring), or None."""
+    statements = [(m.start(), _clean_statement(m.group(1))) for m in _STATEMENT.finditer(text)]
+    statements = [(start, s) for start, s in statements if s]
     boxed = _distinct(boxed_contents(text))
-    if boxed:
+    last_box = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if boxed and not (statements and statements[-1][0] > last_box):  # a statement after the boxes wins
         return boxed
-    statements = [s for s in (_clean_statement(m.group(1)) for m in _STATEMENT.finditer(text)) if s]
     if statements:
-        return statements[-1]
-    if not last_number:
+        return statements[-1][1]
+    if not last_number or not text.strip():
         return None
+    if not _prose(text) and len(text) <= MAX_ANSWER_CHARS:
+        return _unwrap(text)  # the whole text is one expression: "7", "\\frac{10}{9}", "$x=3$"
+    spans = list(_MATH_SPAN.finditer(text))
     numbers = list(_LAST_NUMBER.finditer(text))
-    if not numbers or not _standalone(text, numbers[-1].start(), numbers[-1].end()):
+    if spans and (not numbers or numbers[-1].start() < spans[-1].end()):  # the last value is a math span
+        content = next(g for g in spans[-1].groups() if g is not None).strip()
+        return None if _hedged(text, spans[-1].start()) or not content else content
+    if not numbers or not _standalone(text, numbers[-1].start(), numbers[-1].end()) \
+            or _hedged(text, numbers[-1].start()):
         return None  # a number inside an expression is never graded, nor an earlier one instead
     return numbers[-1].group()
 
