@@ -114,6 +114,8 @@ MATH_GRADER_CASES = [
     (T + r"\boxed{0,111}", "0.111", 1.0, 1.0),
     (T + "#### 1,000", "1000", 1.0, 0.0),
     (T + "x=5", "5", 1.0, 0.0),                                               # an equation's value
+    (T + r"\boxed{1 2}", "12", 0.0, 0.0),                                      # two numbers, not 12
+    (T + r"\boxed{1 000}", "1000", 1.0, 1.0),                                  # a space groups thousands
     (T + r"Scratch: \boxed{3}. Answer: \boxed{4}", "4", 0.0, 1.0),           # paper: after the last Answer:
     (T + r"Scratch: \boxed{3}. Answer: \boxed{4}", "3", 0.0, 0.0),
     (T + r"Answer: 4", "4", 1.0, 0.0),

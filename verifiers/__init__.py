@@ -5,6 +5,7 @@
     results = verify_batch(completions, rows, workers=4)           # [{"reward", "error", ...}, ...]
 
     python bench/verifiers.py                                      # checks/s per domain
+    python bench/agreement.py                                      # agreement with reference implementations
 
 Each `verify(completion, row, *, think=True, grader="lenient") -> float` returns 0.0 or 1.0, never
 raises and prints nothing. think=True (the default, for reasoning models) requires a `<think>` block

