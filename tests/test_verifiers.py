@@ -151,6 +151,9 @@ def test_math_paper_grader_errors():
     ("so it is $3$ or $4$", None),
     ("so it is [0,2)", None),
     ("I have 2 apples and 3 pears", "3"),
+    ("so it is 2x", None),                                                     # 2 times x
+    ("Input9 remove", "9"),                                                    # a word, not a variable
+    ("\x01\ufffd9pth", "9"),                                                   # the tiny model's output
     ("Soucis : 2,74 $ a..", "2,74"),
     ("It costs 1 000 dollars", "1 000"),
     ("Final Answer: Jane started growing it 3 hours ago.", "3"),

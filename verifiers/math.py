@@ -132,8 +132,12 @@ def _standalone(text: str, start: int, end: int) -> bool:
     """True if text[start:end] is not part of a larger expression (no operator or letter next to it)."""
     before, after = text[:start].rstrip(), text[end:].lstrip()
     touching = (text[start - 1] if start else " ") + (text[end] if end < len(text) else " ")
-    if any(c.isalnum() or c in ",([" for c in touching):
-        return False  # 5x, x5, 2a, the 1 of [0,1)
+    if any(c in ",([" for c in touching):
+        return False  # the 1 of [0,1), the 4 of 4(x + 1)
+    # A single letter glued to the number is a variable (5x, x5, 2a); a longer run is a word that the
+    # tiny model's digits stick to ("Input9"), not algebra.
+    if re.search(r"(?:^|[^A-Za-z])[A-Za-z]$", text[:start]) or re.match(r"[A-Za-z](?:[^A-Za-z]|$)", text[end:]):
+        return False
     if (before[-1:] in _OPERATORS and before[-1:] != "=") or after[:1] in _OPERATORS:
         return False  # "= 5" is an equation's value; "10 - 2", "5^2", "{2}" are parts of expressions
     return not (after[:1] == "." and after[1:2].isdigit())
@@ -151,7 +155,7 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
         return statements[-1][1]
     if not last_number or not text.strip():
         return None
-    if not _prose(text) and len(text) <= MAX_ANSWER_CHARS:
+    if not _prose(text) and len(text) <= MAX_ANSWER_CHARS and re.fullmatch(r"[\w\s\\{}()\[\]^+\-*/=.,<>|!$]+", text, re.ASCII):
         return _unwrap(text)  # the whole text is one expression: "7", "\\frac{10}{9}", "$x=3$"
     spans = list(_MATH_SPAN.finditer(text))
     numbers = list(_LAST_NUMBER.finditer(text))
