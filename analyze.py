@@ -6,6 +6,8 @@ Subcommands, in the order a study runs them (every output lands in --out, defaul
     # accuracy avg@k / pass@k of each model on the embedded eval split of every domain (+ benchmark files)
     python analyze.py eval --models base=tiny math=out/math code=out/code mixed=out/mixed ties=out/ties \
         --benchmarks embedded aime24=data/aime24.jsonl --k 4
+    # IFBench (the paper's IF benchmark) from a local copy of IFBench_test.jsonl, with the paper's graders
+    python analyze.py eval --models mixed=out/mixed --benchmarks ifbench=IFBench_test.jsonl --domains if --grader paper
     # which weights RL moved, how the experts' updates overlap and align (streamed tensor by tensor)
     python analyze.py weights --base Qwen/Qwen3-4B-Base --models math=out/math code=out/code mixed=out/mixed
     # KL between experts on each expert's own trajectories, and expert vs mixed / merged (paper Figure 4)
@@ -45,7 +47,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import matplotlib
 
@@ -314,7 +316,8 @@ def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None
 
 
 def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens: int, temperature: float,
-                  top_p: float, batch_size: int, seed: int, think: bool, workers: int, bar=None) -> list[dict]:
+                  top_p: float, batch_size: int, seed: int, think: bool, workers: int, bar=None,
+                  grader: str = "lenient") -> list[dict]:
     """k samples per row, each graded by its domain's verifier -> one {"id", "domain", "rewards", "lengths",
     "truncated", "errors"} per row."""
     out = []
@@ -324,7 +327,7 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  seed=seed + b)
         graded = verifiers.verify_batch([s["text"] for s in samples], [r for r in batch for _ in range(k)],
-                                        think=think, workers=workers)
+                                        think=think, workers=workers, grader=grader)
         for i, row in enumerate(batch):
             mine = range(i * k, (i + 1) * k)  # generate returns prompt-major order
             out.append({
@@ -382,6 +385,9 @@ class EvalConfig:
     """Prompts per generate call (each sampled k times)."""
     think: bool = True
     """Grade only the text after </think> (a <think> left open scores 0); see verifiers/."""
+    grader: Literal["lenient", "paper"] = "lenient"
+    """"paper": the paper's graders (boxed math, "Answer: X", 20 code tests, 0 without </think>);
+    "lenient": the project's, which the tiny model is trained with (see verifiers/)."""
     workers: int = 4
     """Parallel verifier processes (code runs programs)."""
     seed: int = 0
@@ -406,7 +412,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             bar.set_postfix_str(f"{name} on {bench}")
             results = evaluate_rows(policy, tokenizer, rows, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                                     temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
-                                    seed=cfg.seed, think=cfg.think, workers=cfg.workers, bar=bar)
+                                    seed=cfg.seed, think=cfg.think, workers=cfg.workers, bar=bar, grader=cfg.grader)
             records += [{"model": name, "benchmark": bench, **r} for r in results]
         del policy
     bar.close()

@@ -48,6 +48,7 @@ import tyro
 
 import data
 import model as modeling
+import verifiers.code
 from verifiers import VERIFIERS, verify_batch
 
 
@@ -147,6 +148,11 @@ class Config:
     """Sequences per forward/backward pass (gradient accumulation below that)."""
     think: bool = True
     """Reward gate: a completion that opens <think> must close it; only the text after it is graded."""
+    grader: Literal["lenient", "paper"] = "lenient"
+    """Rewards: "paper" = the paper's graders (DeepScaleR's boxed math answer, GPQA's "Answer: X",
+    pass-all on at most 20 code tests, IFEvalG all-or-nothing, 0 without </think>); "lenient" = also a
+    last-number math fallback and no box or reasoning block needed, which gives the tiny model its
+    learning signal (see verifiers/)."""
     teachers: str = ""
     """Multi-teacher on-policy distillation (MT-OPD): domain=path,... (e.g. math=out/math,code=out/code).
     Each sample's per-token advantage is log pi_teacher - log pi_student under its own domain's teacher
@@ -185,7 +191,7 @@ class Config:
 
 
 _PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
-                micro_batch=8, save_every=50, steps=200, loss_norm="sequence")
+                micro_batch=8, save_every=50, steps=200, loss_norm="sequence", grader="paper")
 PRESETS = {
     "tiny": Config(),
     # The paper's GRPO settings for one expert (200 steps; 128 prompts x 16 rollouts); --model and --data must point
@@ -684,6 +690,8 @@ def main(cfg: Config) -> None:
             elif os.path.exists(os.path.join(run_dir, name)):
                 os.remove(os.path.join(run_dir, name))
         print0(json.dumps({"config": asdict(cfg), "world_size": world, "device": device.type}))
+        if "code" in cfg.domains:
+            print0(verifiers.code.sandbox_status())
         if cfg.tracker == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
             tracker = SummaryWriter(os.path.join(run_dir, "tb"))
@@ -711,7 +719,8 @@ def main(cfg: Config) -> None:
         srows = [r for r in batch for _ in range(cfg.group_size)]
         for s, r in zip(samples, srows):
             s["domain"] = r["domain"]   # picks the MT-OPD teacher
-        results = verify_batch([s["text"] for s in samples], srows, think=cfg.think, workers=cfg.reward_workers)
+        results = verify_batch([s["text"] for s in samples], srows, think=cfg.think, workers=cfg.reward_workers,
+                               grader=cfg.grader)
         score = torch.tensor([x["reward"] for x in results])
         truncated = torch.tensor([float(s["truncated"]) for s in samples])
         reward = score - cfg.overlong_penalty * truncated

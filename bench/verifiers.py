@@ -9,15 +9,23 @@ column reads 0.50. Each domain is warmed up first (the math helper
 process, langdetect's profiles, the bubblewrap probe), so the figures are steady-state rates:
   serial/s   checks per second calling VERIFIERS[domain] in a loop on one thread
   batch/s    checks per second through verify_batch(workers=--workers)
+  cpu ms     CPU time of the batch run per check, this process and its children that exited (each
+             code sandbox; not the math-verify helper, which lives on, so math-verify's figure is a
+             lower bound); cores / (cpu ms / 1000) is the batch rate on that many idle cores, a
+             figure that other work on the machine barely changes
+  idle/s     that rate for --cores idle cores
 Rows measured:
   math          embedded answers are plain numbers: decided by the string / exact-rational fast path
   math-verify   the same rows answered as \\boxed{\\frac{2 \\cdot (a)}{2}}, which only math-verify decides
   code-assert   HumanEval problems: one sandboxed run of program + check() each
   code-stdio    generated stdin/stdout problems: one sandboxed run per test case
+  code-group    code-assert rows, each answered 8 times by the same completion, as GRPO groups often
+                are: verify_batch runs each distinct (completion, row) once, the serial loop every time
   science, if   pure Python, microseconds to milliseconds
 """
 
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -36,9 +44,12 @@ class Config:
     """Checks/s of each verifier on this machine."""
 
     rows: int = 40
-    """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row."""
+    """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row. 164 code-assert
+    rows are HumanEval's 164 problems (code-assert is then every canonical solution and 164 wrong answers)."""
     workers: int = 4
     """verify_batch's pool size."""
+    cores: int = 2
+    """Idle cores assumed by the idle/s column."""
 
 
 def workloads(n: int) -> dict[str, tuple[list[str], list[dict]]]:
@@ -57,24 +68,35 @@ def workloads(n: int) -> dict[str, tuple[list[str], list[dict]]]:
     loads["math-verify"] = ([f"\\boxed{{\\frac{{2 \\cdot ({r['answer']})}}{{2}}}}" for r in math_rows]
                             + [f"\\boxed{{\\frac{{2 \\cdot ({r['answer']})}}{{3}}}}" for r in math_rows],
                             math_rows + math_rows)
-    return {name: loads[name] for name in ["math", "math-verify", "code-assert", "code-stdio", "science", "if"]}
+    group = [r for r in sets["code-assert"][: max(1, n // 8)] for _ in range(8)]
+    loads["code-group"] = ([r["reference"] for r in group], group)
+    return {name: loads[name] for name in ["math", "math-verify", "code-assert", "code-stdio", "code-group", "science", "if"]}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its children that have been waited for."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(cfg: Config) -> None:
-    sandbox = "bubblewrap" if code.bwrap_works() else "rlimits + audit hook (no working bwrap)"
-    print(f"{os.cpu_count()} CPUs, code sandbox: {sandbox}, verify_batch workers={cfg.workers}")
-    print(f"{'workload':<13}{'checks':>8}{'reward':>8}{'serial/s':>11}{'batch/s':>10}")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, verify_batch workers={cfg.workers}")
+    print(code.sandbox_status())
+    print(f"{'workload':<13}{'checks':>8}{'reward':>8}{'serial/s':>11}{'batch/s':>10}{'cpu ms':>9}{'idle/s':>9}")
     for name, (completions, rows) in workloads(cfg.rows).items():
         verify = VERIFIERS[rows[0]["domain"]]
-        verify(completions[0], rows[0])  # warm-up: helper processes, profiles, sandbox probe
+        for c, r in list(zip(completions, rows))[:10]:  # warm-up: helper processes, profiles, NLTK, sandbox probe
+            verify(c, r)
         start = time.perf_counter()
         rewards = [verify(c, r) for c, r in zip(completions, rows)]
         serial = len(rows) / (time.perf_counter() - start)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         batch_rewards = [r["reward"] for r in verify_batch(completions, rows, workers=cfg.workers)]
         batch = len(rows) / (time.perf_counter() - start)
+        cpu_ms = 1000 * (cpu_seconds() - cpu_start) / len(rows)
         assert batch_rewards == rewards, f"{name}: verify_batch disagrees with the serial loop"
-        print(f"{name:<13}{len(rows):>8}{sum(rewards) / len(rows):>8.2f}{serial:>11.1f}{batch:>10.1f}")
+        print(f"{name:<13}{len(rows):>8}{sum(rewards) / len(rows):>8.2f}{serial:>11.1f}{batch:>10.1f}"
+              f"{cpu_ms:>9.2f}{cfg.cores / max(cpu_ms, 1e-6) * 1000:>9.0f}")
 
 
 if __name__ == "__main__":

@@ -667,3 +667,14 @@ def test_report_samples_like_the_runs(tmp_path, monkeypatch):
     assert (seen["run_kl"].difficulty, seen["run_kl"].max_new_tokens) == (2, 7)
     assert [m.split("=")[0] for m in seen["run_weights"].models] == ["math", "code", "multitask"]
     assert [m.split("=")[0] for m in seen["run_eval"].models] == ["base", "math", "code", "multitask", "ties"]
+
+
+def test_eval_loads_ifbench_from_a_local_file_and_scores_it_with_the_paper_grader():
+    """IFBench's file shape (key, prompt, instruction_id_list, kwargs with nulls) becomes if rows, which
+    AllenAI's checkers score: tests/fixtures/ifbench.jsonl, verdicts worked out by hand."""
+    path = Path(__file__).parent / "fixtures" / "ifbench.jsonl"
+    rows = analyze.load_benchmarks([f"ifbench={path}"], ["if"], None, 0)["ifbench"]
+    assert [r["id"] for r in rows] == ["b1", "b2"] and rows[0]["kwargs"] == [{}, {"N": 2}]
+    completions = ["<think>two pets</think>cats:3,dogs:4", "<think>a colour</think>light blue"]
+    results = analyze.verifiers.verify_batch(completions, rows, grader="paper")
+    assert [(r["reward"], r["passed"], r["error"]) for r in results] == [(1.0, 2, None), (0.0, 0, None)]

@@ -65,7 +65,7 @@ MATH_CASES = [
     (r"\boxed{\dfrac{3}{4}}", r"\frac34", 1.0),
     ("Answer: x = 3", "3", 1.0),
     ("<think>is it 5?</think>The answer is 4.", "4", 1.0),
-    (r"\boxed{3} no wait \boxed{4}", "4", 1.0),                # the last box counts
+    (r"\boxed{4} so \boxed{4}", "4", 1.0),                     # the same answer boxed twice
     # wrong
     (r"\boxed{3}", "4", 0.0),
     ("The answer is 41.", "42", 0.0),
@@ -74,6 +74,7 @@ MATH_CASES = [
     (r"\boxed{-5}", "5", 0.0),
     ("It is 42 not 41", "42", 0.0),                            # the last number is 41
     ("The answer is 3 or 4", "4", 0.0),                        # hedging is not an answer
+    (r"\boxed{3} no wait \boxed{4}", "4", 0.0),                # two different final answers
     # malformed
     ("", "4", 0.0),
     ("no numbers here", "4", 0.0),
@@ -86,6 +87,55 @@ def test_math(completion, gold, reward):
     assert math.verify(completion, {"answer": gold}) == reward
 
 
+# (completion, reference, lenient reward, paper reward): the table in verifiers/math.py's docstring and
+# every case of issue 12. "T" stands for a closed reasoning block, which the paper grader needs.
+T = "<think>reasoning</think>"
+MATH_GRADER_CASES = [
+    (r"so it is \boxed{\frac{1}{2}}", "0.5", 1.0, 0.0),                       # paper: no </think>
+    (T + r"so it is \boxed{\frac{1}{2}}", "0.5", 1.0, 1.0),
+    (T + r"\boxed{3} or \boxed{4}", "4", 0.0, 0.0),                          # two different final answers
+    (T + r"\boxed{2} and \boxed{3}", "2, 3", 1.0, 1.0),                      # several boxes: one list answer
+    (T + r"\boxed{2} and \boxed{3}", r"\{2, 3\}", 1.0, 1.0),
+    (T + "The answer is 3 or 4", "4", 0.0, 0.0),
+    (T + r"$\frac{1+\sqrt{5}}{2}$", "2", 0.0, 0.0),                          # the 2 is inside an expression
+    (T + "so we get 5^2", "2", 0.0, 0.0),
+    (T + "it equals 10 - 2", "2", 0.0, 0.0),
+    (T + "it equals 10 - 2", "8", 0.0, 0.0),
+    (T + r"\boxed{32, 349}", "32349", 0.0, 0.0),                              # a list, not 32,349
+    (T + r"\boxed{32,349}", "32349", 1.0, 1.0),                               # thousands separator
+    (T + "Final Answer: The largest $n$ is 34.", "34", 1.0, 0.0),             # paper: no box
+    (T + r"Final Answer: The largest $n$ is $\boxed{34}$.", "34", 1.0, 1.0),
+    (T + "The answer is $E$.", "E", 1.0, 0.0),                                # a text answer
+    (T + r"\boxed{\text{(E)}}", "E", 1.0, 1.0),
+    (T + r"\boxed{0.0833333333333333}", "1/12", 1.0, 1.0),                    # 6+ places: rounding allowed
+    (T + r"\boxed{0.0833}", "1/12", 0.0, 0.0),                                # too few places
+    (T + r"\boxed{0.333}", r"\frac{1}{3}", 0.0, 0.0),
+    (T + "The answer is 0,111", "0.111", 1.0, 0.0),                           # decimal comma
+    (T + r"\boxed{0,111}", "0.111", 1.0, 1.0),
+    (T + "#### 1,000", "1000", 1.0, 0.0),
+    (T + "x=5", "5", 1.0, 0.0),                                               # an equation's value
+    (T + r"\boxed{1 2}", "12", 0.0, 0.0),                                      # two numbers, not 12
+    (T + r"\boxed{1 000}", "1000", 1.0, 1.0),                                  # a space groups thousands
+    (T + r"Scratch: \boxed{3}. Answer: \boxed{4}", "4", 0.0, 1.0),           # paper: after the last Answer:
+    (T + r"Scratch: \boxed{3}. Answer: \boxed{4}", "3", 0.0, 0.0),
+    (T + r"Answer: 4", "4", 1.0, 0.0),
+    ("I think it is 7", "7", 1.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("completion, gold, lenient, paper", MATH_GRADER_CASES)
+def test_math_graders(completion, gold, lenient, paper):
+    assert math.verify(completion, {"answer": gold}) == lenient
+    assert math.verify(completion, {"answer": gold}, grader="paper") == paper
+
+
+def test_math_paper_grader_errors():
+    assert math.score(T + "Answer: 4", {"answer": "4"}, grader="paper")["error"] == "no \\boxed{} answer"
+    assert math.score(r"\boxed{4}", {"answer": "4"}, grader="paper")["error"].startswith("no </think>")
+    assert math.score(r"\boxed{4}", {"answer": "4"}, grader="paper", think=False)["reward"] == 1.0
+    assert math.score(r"\boxed{4}", {"answer": "4"}, grader="strict")["error"].startswith("unknown grader 'strict'")
+
+
 @pytest.mark.parametrize("text, answer", [
     (r"thus \boxed{2^{10}} apples", "2^{10}"),
     ("The final answer is $\\frac{1}{2}$. Done.", r"\frac{1}{2}"),
@@ -94,9 +144,34 @@ def test_math(completion, gold, reward):
     ("we get 3/4 of the cake", "3/4"),
     ("total -1,250.5 dollars", "-1,250.5"),
     ("nothing", None),
+    ("To answer this, add 2 and 3: the sum is 5.", "5"),                       # "answer this" is no statement
+    (r"so $\frac{1+\sqrt{5}}{2}$ it is", r"\frac{1+\sqrt{5}}{2}"),            # the math span, whole
+    (r"\frac{10}{9}", r"\frac{10}{9}"),                                        # the text is one expression
+    ("so it is 3 or 4", None),                                                 # hedging: no fallback answer
+    ("so it is $3$ or $4$", None),
+    ("so it is [0,2)", None),
+    ("I have 2 apples and 3 pears", "3"),
+    ("so it is 2x", None),                                                     # 2 times x
+    ("Input9 remove", "9"),                                                    # a word, not a variable
+    ("\x01\ufffd9pth", "9"),                                                   # the tiny model's output
+    ("Soucis : 2,74 $ a..", "2,74"),
+    ("It costs 1 000 dollars", "1 000"),
+    ("Final Answer: Jane started growing it 3 hours ago.", "3"),
+    ("Final Answer: The final answer is $x-2y+z-1=0$. I hope it is correct.", "x-2y+z-1=0"),
+    (r"so \boxed{200} then \boxed{255}. Final Answer: The final answer is $10,455$.", "10,455"),
+    ("x is 5 and then 2x", None),
+    ("the result is 3.", "3"),
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("The answer is $\\left(1, 2\\right)$.", r"\left(1, 2\right)"),
 ])
 def test_math_extract_answer(text, answer):
     assert math.extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("a, b, equal", [("0,5", "0.5", True), ("12,345", "12345", True), ("0,111", "111", False),
+                                         ("32, 349", "32349", False), ("1,5", "1.5", True)])
+def test_math_commas(a, b, equal):
+    assert (math.as_number(a) == math.as_number(b)) is equal
 
 
 def test_math_last_number_fallback_can_be_turned_off():
@@ -167,6 +242,36 @@ def test_science(completion, gold, reward):
     assert science.verify(completion, {"answer": gold}) == reward
 
 
+# (completion, reference, lenient reward, paper reward): the table in verifiers/science.py's docstring
+# and every case of issue 12.
+SCIENCE_GRADER_CASES = [
+    (T + "Answer: C", "C", 1.0, 1.0),
+    ("Answer: C", "C", 1.0, 0.0),                                  # paper: no </think>
+    (T + "The answer is (C).", "C", 1.0, 0.0),                     # paper: only "Answer: X" counts
+    (T + "The correct option is D.", "D", 1.0, 0.0),
+    (T + "So the best choice is (B).", "B", 1.0, 0.0),
+    (T + "The answer is \\(C\\).", "C", 1.0, 0.0),
+    (T + "Answer: $C$", "C", 1.0, 1.0),
+    (T + "**Answer:** (C)", "C", 1.0, 1.0),
+    (T + "The speed is v = d/t.\nD) 12.8 m/s", "D", 1.0, 0.0),     # the last line names a listed option
+    (T + "The answer is (D) or (B).", "D", 0.0, 0.0),              # hedging: two letters
+    (T + "The answer is (D) or (B).", "B", 0.0, 0.0),
+    (T + "Answer: A and C", "A", 0.0, 0.0),
+    (T + "Answer: A and C", "C", 0.0, 0.0),
+    (T + "Answer: C/D", "C", 0.0, 0.0),
+    (T + "Answer: B, C", "C", 0.0, 0.0),
+    (T + "Answer: A\nAnswer: C", "C", 0.0, 0.0),
+    (T + "The answer is C and I am sure of it.", "C", 1.0, 0.0),  # "I" the pronoun is not option I
+    (T + "option A is wrong. Answer: C", "C", 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("completion, gold, lenient, paper", SCIENCE_GRADER_CASES)
+def test_science_graders(completion, gold, lenient, paper):
+    assert science.verify(completion, {"answer": gold}) == lenient
+    assert science.verify(completion, {"answer": gold}, grader="paper") == paper
+
+
 @pytest.mark.parametrize("row", [{}, {"answer": "CD"}, {"answer": 3}])
 def test_science_malformed_row(row):
     result = science.score("Answer: C", row)
@@ -213,6 +318,42 @@ def test_code_stops_after_a_timeout():
     assert result == {"reward": 0.0, "error": "timeout", "passed": 0, "total": 3}
 
 
+@pytest.mark.parametrize("timed_out, exit_code, verdict", [
+    (True, -9, "timeout"),                  # the wall clock: the verifier killed it
+    (False, -24, "timeout"),                # SIGXCPU at the soft CPU limit, seen by Popen
+    (False, 128 + 24, "timeout"),           # the same, reported by bwrap
+    (False, -9, "timeout"),                 # SIGKILL at the hard CPU limit (SIGXCPU caught)
+    (False, 128 + 9, "timeout"),
+    (False, -25, "output limit"),           # SIGXFSZ
+    (False, 128 + 25, "output limit"),
+    (False, 0, None), (False, 1, None),     # it ended by itself
+])
+def test_timeout_verdict_does_not_depend_on_which_limit_fired(timed_out, exit_code, verdict):
+    """The wall clock and RLIMIT_CPU race on a busy loop; both must read as the same verdict."""
+    assert code._verdict({"timed_out": timed_out, "exit_code": exit_code}) == verdict
+
+
+def test_paper_grader_runs_at_most_20_sampled_tests():
+    tests = {"kind": "stdio", "inputs": [f"{i}\n" for i in range(30)], "outputs": [f"{i}\n" for i in range(30)]}
+    picked = code.paper_tests(tests, "row-7")
+    assert len(picked["inputs"]) == 20 and picked == code.paper_tests(tests, "row-7")   # same tests every time
+    assert all(out == inp for inp, out in zip(picked["inputs"], picked["outputs"]))      # pairs stay together
+    assert picked["inputs"] == sorted(set(picked["inputs"]), key=tests["inputs"].index)  # no repeats, in order
+    assert code.paper_tests(tests, "row-8") != picked
+    assert code.paper_tests(ADD, "x") is ADD                                             # 20 or fewer: all
+    echo = "```python\nprint(input())\n```"
+    result = code.score("<think>t</think>" + echo, {"id": "row-7", "tests": tests}, grader="paper")
+    assert (result["reward"], result["passed"], result["total"]) == (1.0, 20, 20)
+    assert code.score(echo, {"id": "row-7", "tests": tests}, grader="paper")["error"].startswith("no </think>")
+
+
+def test_sandbox_status_names_the_sandbox(monkeypatch):
+    assert code.sandbox_status().startswith("code sandbox: bubblewrap" if code.bwrap_works() else "code sandbox: FALLBACK")
+    monkeypatch.setattr(code, "_bwrap_probe", lambda: (False, "bwrap is not installed"))
+    assert code.sandbox_status() == ("code sandbox: FALLBACK to rlimits + audit hook, weaker isolation "
+                                     "(bwrap is not installed; apt-get install bubblewrap)")
+
+
 @pytest.mark.parametrize("completion, row, error", [
     ("print(1)", {}, "'tests' must be a dict"),
     ("print(1)", {"tests": {"kind": "unit"}}, "unknown tests kind 'unit'"),
@@ -237,9 +378,20 @@ def test_program_that_does_not_compile_skips_the_sandbox(monkeypatch):
         code.score("print(3)", {"tests": ADD})
 
 
-def test_normalize_output():
-    assert code.normalize_output("a  \r\nb\t\n\n\n") == code.normalize_output("a\nb") == "a\nb"
-    assert code.normalize_output(" a") != code.normalize_output("a")  # leading spaces matter
+@pytest.mark.parametrize("actual, expected, match", [
+    ("a  \r\nb\t\n\n\n", "a\nb", True),       # trailing spaces, CRLF, trailing blank lines
+    (" a", "a", True),                         # lines are stripped on both ends (LiveCodeBench)
+    ("2.50\n", "2.5", True),                   # numbers compare as decimals
+    ("1 2", "1  2", True),
+    ("1e3", "1000", True),
+    ("0.333", "0.3333", False),                # exactly: no tolerance
+    ("1\n\n2", "1\n2", False),                 # a blank line inside the output counts
+    ("x 1", "x 1.0", False),                   # a line with a word compares as text
+    ("YES", "yes", False),
+    ("", "0", False),
+])
+def test_outputs_match(actual, expected, match):
+    assert code.outputs_match(actual, expected) is match
 
 
 # --- instruction following -------------------------------------------------------------------------
@@ -279,7 +431,7 @@ IF_CASES = [
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hi. PS see you", False),
     ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hi.\np. p. s. later", True),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "Intro\n* a\n* b", True),
-    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n- b\n+ c", False),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n- b\n- c", False),
     ("detectable_format:constrained_response", {}, "My answer is yes.", True),
     ("detectable_format:constrained_response", {}, "Yes.", False),
     ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "*one* and **two**", True),
@@ -397,6 +549,87 @@ def test_all_25_ifeval_ids_are_covered():
     assert len(IFEVAL_IDS) == 25 and set(IFEVAL_IDS) <= set(ifeval.CHECKERS)
 
 
+# Where issue 12 found the checkers differing from Google's IFEval checkers; each verdict is worked
+# out from the reference's rule, stated in verifiers/ifeval.py's docstring.
+IF_EDGE_CASES = [
+    # sentences: Punkt's English model; "no." ends a sentence, "Dr." does not
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}, "I said no. Then I left.", False),
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}, "Dr. Smith said no.", True),
+    # bullets: "*item" counts, "+ item" does not, a "---" rule counts, "**bold**" does not
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "*one\n*two", True),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "+ one\n+ two", False),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 3}, "* one\n* two\n---", True),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 1}, "* one\n**Bold** line", True),
+    # capital words: NLTK tokens, so "NASA's" gives NASA and "COVID-19" is one upper-case token
+    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
+     "NASA's view on COVID-19 changed.", True),
+    ("change_case:capital_word_frequency", {"capital_frequency": 3, "capital_relation": "at least"},
+     "NASA's view on COVID-19 changed.", False),
+    # highlights: *single* and **double** spans counted apart
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "***bold***", True),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "**bold**", False),
+    # first word: the first whitespace token without leading quotes, cut at punctuation
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "however"},
+     "**However**, it rained.\n\nThen it stopped.", False),
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "however"},
+     "'However, it rained.\n\nThen it stopped.", True),
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
+     "It rained.\n\n\n\nThen it stopped.", False),                       # the 2nd part of the split is empty
+    ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 2},
+     "SECTION  1\na\nSECTION  2\nb", False),                                # at most one space before the number
+]
+
+
+@pytest.mark.parametrize("instruction_id, kwargs, text, expected", IF_EDGE_CASES)
+def test_if_edge_cases_follow_the_reference(instruction_id, kwargs, text, expected):
+    assert ifeval.CHECKERS[instruction_id](text, **kwargs) is expected
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t"])
+@pytest.mark.parametrize("instruction_id, kwargs", [("punctuation:no_comma", {}), ("punctuation:punctuation_dot", {}),
+                                                    ("keywords:forbidden_words", {"forbidden_words": ["x"]}),
+                                                    ("format:no_whitespace", {})])
+def test_if_empty_response_follows_no_instruction(text, instruction_id, kwargs):
+    row = {"instruction_id_list": [instruction_id], "kwargs": [kwargs]}
+    assert ifeval.score(text, row) == {"reward": 0.0, "error": None, "passed": 0, "total": 1}
+
+
+def test_if_sentences_split_at_no():
+    assert ifeval.sentences("I said no. Then I left.") == ["I said no.", "Then I left."]
+    assert ifeval.punkt_sentences("I said no. Then I left.") == ["I said no.", "Then I left."]
+
+
+# IFBench ids go to AllenAI's checkers (if-verifiable); verdicts worked out from their rules.
+IFBENCH_CASES = [
+    ("format:no_whitespace", {}, "no-whitespace-here", True),
+    ("format:no_whitespace", {}, "one space", False),
+    ("count:numbers", {"N": 2}, "I have 3 cats and 4 dogs.", True),
+    ("count:numbers", {"N": 2}, "I have 3 cats.", False),
+]
+
+
+@pytest.mark.parametrize("instruction_id, kwargs, text, expected", IFBENCH_CASES)
+def test_ifbench_ids_are_scored(instruction_id, kwargs, text, expected):
+    row = {"instruction_id_list": [instruction_id], "kwargs": [kwargs], "prompt": [{"role": "user", "content": "?"}]}
+    assert ifeval.score(text, row) == {"reward": float(expected), "error": None, "passed": int(expected), "total": 1}
+
+
+def test_ifbench_ids_match_the_reference_registry():
+    assert len(ifeval.IFBENCH_IDS) == 58 and set(ifeval.ifbench_registry()) == ifeval.IFBENCH_IDS
+    assert not ifeval.IFBENCH_IDS & set(ifeval.CHECKERS)
+
+
+@pytest.mark.parametrize("row, error", [
+    ({"instruction_id_list": ["count:numbers"], "kwargs": [{}]}, "count:numbers: TypeError: kwargs missing ['N']"),
+    ({"instruction_id_list": ["count:numbers"], "kwargs": [{"N": 2, "n": 1}]}, "unexpected ['n']"),
+    ({"instruction_id_list": ["ratio:stop_words"], "kwargs": [{"percentage": 50}]}, "needs NLTK data (stopwords)"),
+    ({"instruction_id_list": ["words:start_verb"], "kwargs": [{}]}, "needs NLTK data (averaged_perceptron_tagger_eng)"),
+])
+def test_ifbench_refuses_random_defaults_and_missing_data(row, error):
+    result = ifeval.score("Go home and rest now, 2 days.", row)
+    assert result["reward"] == 0.0 and error in result["error"]
+
+
 def test_if_is_strict_and_counts_passes():
     row = {"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
            "kwargs": [{}, {"num_words": 10, "relation": "at least"}]}
@@ -453,6 +686,33 @@ def test_verify_batch_mixes_domains_in_order():
     assert [r["error"] for r in results] == [None, None, None, None, "unclosed <think> block"]
     assert (results[2]["passed"], results[2]["total"]) == (2, 2)
     assert [r["reward"] for r in results] == [VERIFIERS[r["domain"]](c, r) for c, r in zip(completions, rows)]
+
+
+def test_verify_batch_scores_a_repeated_completion_once(monkeypatch):
+    calls = []
+
+    def counting(completion, row, **kwargs):
+        calls.append(completion)
+        return science.score(completion, row, **kwargs)
+
+    monkeypatch.setitem(SCORERS, "science", counting)
+    row, other = {"domain": "science", "answer": "B"}, {"domain": "science", "answer": "B"}
+    results = verify_batch(["Answer: B", "Answer: C", "Answer: B", "Answer: B"], [row, row, row, other], workers=2)
+    assert [r["reward"] for r in results] == [1.0, 0.0, 1.0, 1.0]
+    assert sorted(calls) == ["Answer: B", "Answer: B", "Answer: C"]   # once per (completion, row object)
+    results[0]["reward"] = 0.5
+    assert results[2]["reward"] == 1.0                                  # copies, not one shared dict
+
+
+def test_verify_batch_grader():
+    rows = [{"domain": "math", "answer": "4"}, {"domain": "science", "answer": "C"}]
+    completions = ["The answer is 4.", "<think>t</think>The answer is (C)."]
+    assert [r["reward"] for r in verify_batch(completions, rows)] == [1.0, 1.0]
+    paper = verify_batch(completions, rows, grader="paper")
+    assert [r["reward"] for r in paper] == [0.0, 0.0]
+    assert paper[0]["error"].startswith("no </think>") and paper[1]["error"] == "no single answer letter found"
+    with pytest.raises(ValueError, match="grader 'strict' is not one of lenient, paper"):
+        verify_batch(completions, rows, grader="strict")
 
 
 def test_verify_batch_rejects_bad_input_before_work():

@@ -6,12 +6,31 @@
 
 The program is the last ```python fenced block of the graded text (else the last ``` block, else the
 whole text). Test kinds (row["tests"]["kind"]):
-  "stdio"   one run per input; stdout must equal the expected output after stripping trailing
-            whitespace on each line and trailing blank lines, and the exit status must be 0.
+  "stdio"   one run per input; the exit status must be 0 and stdout must match the expected output
+            by LiveCodeBench's rule (`outputs_match`: line by line after stripping, numbers compared
+            as decimals, so "2.50" matches "2.5" and a leading space does not matter).
   "assert"  HumanEval style: one run of program + tests["code"] + "check(<entry_point>)".
-Reward 1.0 only if every test passes; `score` also reports "passed" and "total". After the first test
-that is killed (time, memory, output size) the remaining stdio tests are counted failed without
-running, so a program stuck in a loop costs one timeout, not one per test.
+Reward 1.0 only if every test passes; `score` also reports "passed" and "total". A run stopped by the
+wall clock or by the CPU-time limit gets the one verdict "timeout" (which of the two fires first on a
+busy loop is a race, so both read the same), and one stopped at the output-size limit "output limit";
+after such a run the remaining stdio tests are counted failed without running, so a program stuck in
+a loop costs one timeout, not one per test.
+
+Two graders (grader=...): "lenient" (default) runs every test of the row; "paper" is the paper's code
+reward, pass-all on at most 20 of the row's stdio tests (`paper_tests`: drawn once per row id, so
+every completion of a row meets the same ones), and no reward without `</think>` when think=True.
+
+Accepted and refused completions (tests/test_verifiers.py and tests/test_sandbox.py):
+
+    | completion                                          | reward | error                      |
+    |-----------------------------------------------------|--------|----------------------------|
+    | ```python block that prints the right output        | 1      |                            |
+    | right output, then exit status 1                    | 0      |                            |
+    | right on 1 test of 2                                | 0      | (passed 1, total 2)        |
+    | does not compile                                    | 0      | does not compile: ...      |
+    | while True: pass                                    | 0      | timeout                    |
+    | assert kind: sys.exit(0) / os._exit(0) before check | 0      |                            |
+    | prints without end                                  | 0      | output limit               |
 
 Sandbox (one fresh process per test run, see `run_sandboxed`):
   * always: a new session whose whole process group is SIGKILLed at the wall-clock timeout; rlimits
@@ -43,9 +62,12 @@ always True) passes asserts written with ==, as in HumanEval's own harness.
 """
 
 import functools
+import hashlib
 import json
+import math as _pymath
 import os
 import queue
+import random
 import re
 import secrets
 import select
@@ -55,8 +77,9 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from decimal import Decimal, InvalidOperation
 
-from verifiers.common import UNCLOSED_THINK, result, strip_think
+from verifiers.common import graded_text, result
 
 # --- program extraction ----------------------------------------------------------------------------
 
@@ -194,21 +217,38 @@ def _bwrap_argv(workdir: str, disk_bytes: int) -> list[str]:
 
 
 @functools.cache
-def bwrap_works() -> bool:
-    """True if `bwrap` is installed and can start a sandbox here (it needs namespaces; checked once)."""
+def _bwrap_probe() -> tuple[bool, str]:
+    """(works, why not): start one empty program under bwrap, once per process."""
     if shutil.which("bwrap") is None:
-        return False
+        return False, "bwrap is not installed"
     workdir = tempfile.mkdtemp(prefix="m2rl-sandbox-")
     try:
         with open(os.path.join(workdir, "prog.py"), "w") as f:
             f.write("")
         argv = _bwrap_argv(workdir, 1 << 20) + [sys.executable, "-I", "-S", "-c", "pass"]
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        run = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, timeout=30)
+        if run.returncode != 0:
+            message = run.stderr.decode(errors="replace").strip().splitlines()
+            return False, f"bwrap is installed but failed (exit status {run.returncode}: {message[-1] if message else 'no message'})"
+        return True, ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"bwrap is installed but could not start: {type(e).__name__}: {e}"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bwrap_works() -> bool:
+    """True if `bwrap` is installed and can start a sandbox here (it needs namespaces; checked once)."""
+    return _bwrap_probe()[0]
+
+
+def sandbox_status() -> str:
+    """One line naming the sandbox that code runs in, and why it is the fallback when it is."""
+    works, why = _bwrap_probe()
+    if works:
+        return "code sandbox: bubblewrap (namespaces, read-only system, no network) + rlimits"
+    return f"code sandbox: FALLBACK to rlimits + audit hook, weaker isolation ({why}; apt-get install bubblewrap)"
 
 
 def _exits_within(proc: subprocess.Popen, timeout_s: float) -> bool:
@@ -310,7 +350,9 @@ def run_sandboxed(source: str, stdin: str = "", *, marker: bool = False, timeout
             # Without bwrap the host's permissions apply, and an unprivileged uid could not even
             # read a Python installed under /root; so the program keeps the verifier's uid.
             uid, guard = -1, os.pathsep.join(_python_roots() + ["/usr", "/lib", "/lib64"])
-        cpu_s = max(1, int(timeout_s + 0.999))
+        # The CPU limit is a backstop for a killer that died; one second above the wall clock, so the
+        # wall clock normally stops a busy loop first. Either way the verdict is "timeout" (_verdict).
+        cpu_s = _pymath.ceil(timeout_s) + 1
         argv += [sys.executable, "-I", "-S", "-c", _HARNESS, "marker" if marker else "stdio", str(uid),
                  str(cpu_s), str(memory_mb << 20), str(max_output_bytes), str(max_processes), guard]
         exit_code, timed_out = _execute(argv, cwd, env, files, timeout_s, info_fds)
@@ -334,14 +376,52 @@ def run_sandboxed(source: str, stdin: str = "", *, marker: bool = False, timeout
 # --- the verifier ----------------------------------------------------------------------------------
 
 
-# Exit statuses of a run killed for CPU time or file size (negative: Popen's signal number; 128+n:
-# bwrap reporting its child's death by signal n).
-_KILLED = {-9, -24, -25, 128 + 9, 128 + 24, 128 + 25}
+# Exit statuses of a run the kernel stopped at a limit (negative: Popen's signal number; 128+n: bwrap
+# reporting its child's death by signal n): SIGXCPU at the soft CPU-time limit, SIGKILL at the hard one
+# (for a program that catches SIGXCPU), SIGXFSZ at the output-size limit.
+_CPU_KILLED = {-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL}
+_OUTPUT_KILLED = {-signal.SIGXFSZ, 128 + signal.SIGXFSZ}
+
+
+def _verdict(run: dict) -> str | None:
+    """Why a run was stopped ("timeout", "output limit"), or None if it ended by itself.
+
+    The wall clock and the CPU-time limit both give "timeout": a busy loop spends CPU time as fast as
+    wall time, so which of the two stops it first is a race, and one verdict for both keeps the result
+    the same from run to run.
+    """
+    if run["timed_out"] or run["exit_code"] in _CPU_KILLED:
+        return "timeout"
+    if run["exit_code"] in _OUTPUT_KILLED:
+        return "output limit"
+    return None
 
 
 def normalize_output(text: str) -> str:
-    """Strip trailing whitespace on each line and trailing blank lines (the stdio comparison rule)."""
-    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
+    """Strip the whole output, then each of its lines (LiveCodeBench's first comparison step)."""
+    return "\n".join(line.strip() for line in text.strip().split("\n"))
+
+
+def _as_decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(token) for token in line.split()]
+    except InvalidOperation:
+        return None
+
+
+def outputs_match(actual: str, expected: str) -> bool:
+    """LiveCodeBench's stdio rule: after stripping the whole output, the same number of lines, and each
+    line equal after stripping, or else made of the same numbers ("2.50" == "2.5", "1e3" == "1000").
+    Leading and trailing spaces of a line and trailing blank lines never matter; a blank line inside
+    the output does. The numbers compare exactly, as decimals: "0.333" is not "0.3333"."""
+    got, want = actual.strip().split("\n"), expected.strip().split("\n")
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        a, b = a.strip(), b.strip()
+        if a != b and (_as_decimals(a) is None or _as_decimals(a) != _as_decimals(b)):
+            return False
+    return True
 
 
 def _tests_error(tests) -> str | None:
@@ -368,17 +448,36 @@ _PRECHECK_NAME = "<m2rl completion>"
 warnings.filterwarnings("ignore", category=SyntaxWarning, module=re.escape(_PRECHECK_NAME))
 
 
-def score(completion: str, row: dict, *, think: bool = True, timeout_s: float = 5.0,
+PAPER_MAX_TESTS = 20  # the paper's code reward: pass all of at most 20 sampled tests
+
+
+def paper_tests(tests: dict, row_id) -> dict:
+    """At most PAPER_MAX_TESTS of a stdio row's tests, drawn without replacement by a generator seeded
+    with the row id, so that every completion of a row meets the same tests, in every run."""
+    if tests["kind"] != "stdio" or len(tests["inputs"]) <= PAPER_MAX_TESTS:
+        return tests
+    seed = int.from_bytes(hashlib.sha256(repr(row_id).encode()).digest()[:8], "big")
+    keep = sorted(random.Random(seed).sample(range(len(tests["inputs"])), PAPER_MAX_TESTS))
+    return {**tests, "inputs": [tests["inputs"][i] for i in keep], "outputs": [tests["outputs"][i] for i in keep]}
+
+
+def score(completion: str, row: dict, *, think: bool = True, grader: str = "lenient", timeout_s: float = 5.0,
           memory_mb: int = 1024, use_bwrap: bool | None = None) -> dict:
-    """{"reward", "error", "passed", "total"}: reward 1.0 only if every test in row["tests"] passes."""
+    """{"reward", "error", "passed", "total"}: reward 1.0 only if every test in row["tests"] passes.
+
+    grader="paper" runs at most 20 of a row's stdio tests (`paper_tests`) and refuses a completion
+    without `</think>` when think=True; "lenient" runs them all.
+    """
     tests = row.get("tests")
     problem = _tests_error(tests)
     if problem:
         return result(0.0, f"row {row.get('id')!r}: {problem}", passed=0, total=0)
+    if grader == "paper":
+        tests = paper_tests(tests, row.get("id"))
     total = len(tests["inputs"]) if tests["kind"] == "stdio" else 1
-    text = strip_think(completion, think)
+    text, error = graded_text(completion, think, grader)
     if text is None:
-        return result(0.0, UNCLOSED_THINK, passed=0, total=total)
+        return result(0.0, error, passed=0, total=total)
     program = extract_program(text)
     if not program.strip():
         return result(0.0, "empty program", passed=0, total=total)
@@ -396,18 +495,17 @@ def _run_tests(program: str, tests: dict, total: int, limits: dict) -> dict:
     if tests["kind"] == "assert":
         source = f"{program}\n\n{tests['code']}\n\ncheck({tests['entry_point']})\n"
         run = run_sandboxed(source, marker=True, **limits)
-        error = "timeout" if run["timed_out"] else None
-        return result(float(run["finished"]), error, passed=int(run["finished"]), total=1)
+        return result(float(run["finished"]), _verdict(run), passed=int(run["finished"]), total=1)
     passed, error = 0, None
     for stdin, expected in zip(tests["inputs"], tests["outputs"]):
         run = run_sandboxed(program, stdin, **limits)
-        passed += run["exit_code"] == 0 and normalize_output(run["stdout"]) == normalize_output(expected)
-        if run["timed_out"] or run["exit_code"] in _KILLED:  # the remaining tests would be killed too
-            error = "timeout" if run["timed_out"] else f"killed (exit status {run['exit_code']})"
+        passed += run["exit_code"] == 0 and outputs_match(run["stdout"], expected)
+        error = _verdict(run)
+        if error:  # the remaining tests would be stopped too
             break
     return result(float(passed == total), error, passed=passed, total=total)
 
 
-def verify(completion: str, row: dict, *, think: bool = True) -> float:
+def verify(completion: str, row: dict, *, think: bool = True, grader: str = "lenient") -> float:
     """1.0 if the completion's program passes every test of row["tests"] in the sandbox, else 0.0."""
-    return score(completion, row, think=think)["reward"]
+    return score(completion, row, think=think, grader=grader)["reward"]

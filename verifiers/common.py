@@ -2,8 +2,8 @@
 
 Every domain module exposes two functions with the same arguments:
 
-    score(completion, row, *, think=True) -> {"reward": float, "error": str | None, ...extras}
-    verify(completion, row, *, think=True) -> float      # == score(...)["reward"]
+    score(completion, row, *, think=True, grader="lenient") -> {"reward": float, "error": str | None, ...extras}
+    verify(completion, row, *, think=True, grader="lenient") -> float      # == score(...)["reward"]
 
 `verify` is the reward train.py uses; `score` also says why a completion got 0 (`error` is None for a
 well-formed answer that is simply wrong, and names the problem otherwise), which is how training and
@@ -37,6 +37,29 @@ def result(reward: float, error: str | None = None, **extras) -> dict:
 
 
 UNCLOSED_THINK = "unclosed <think> block"
+NO_THINK = "no </think>: the paper grader needs a closed reasoning block"
+
+GRADERS = ("lenient", "paper")
+"""lenient: the project's graders, which give the tiny CPU model a learning signal (math's last-number
+fallback, no box needed, a completion without a reasoning block still graded). paper: the graders the
+paper trains with (each domain's docstring says how they differ)."""
+
+
+def graded_text(completion: str, think: bool, grader: str) -> tuple[str | None, str | None]:
+    """(text to grade, None), or (None, why there is none) for an unknown grader or a bad reasoning block.
+
+    Both graders refuse a <think> left open. With think=True the paper grader also refuses a
+    completion without `</think>`: the paper's rewards grade only what follows the reasoning, so a
+    completion that skipped it has no graded part.
+    """
+    if grader not in GRADERS:
+        return None, f"unknown grader {grader!r} (expected one of {', '.join(GRADERS)})"
+    text = strip_think(completion, think)
+    if text is None:
+        return None, UNCLOSED_THINK
+    if think and grader == "paper" and THINK_CLOSE not in completion:
+        return None, NO_THINK
+    return text, None
 
 
 def boxed_contents(text: str) -> list[str]:

