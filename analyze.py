@@ -752,11 +752,13 @@ def pack(trajs: list[tuple[list[int], list[int]]], pad_id: int):
 
 
 def teacher_forced_kl(p_model, q_model, trajs: list[tuple[list[int], list[int]]], *, pad_id: int,
-                      batch_size: int = 4, time_chunk: int = 512) -> dict:
+                      batch_size: int = 4, time_chunk: int = 512, p_cache: dict | None = None) -> dict:
     """Exact full-vocabulary KL(p || q) and KL(q || p) at every completion position of `trajs` (prompt ids,
     completion ids), both models fed the same tokens; token-level mean over all completion tokens.
     Temperature 1: the KL is between the models' raw next-token distributions. The fp32 log-softmax is taken
-    time_chunk positions at a time so a 150k vocabulary does not multiply memory by the sequence length."""
+    time_chunk positions at a time so a 150k vocabulary does not multiply memory by the sequence length.
+    p_cache: a dict the caller keeps across calls with the same p_model and trajs; p's log-probabilities are
+    then computed once and reused (it holds completion tokens x vocabulary fp32 numbers)."""
     import torch
     import torch.nn.functional as F
     sum_pq = sum_qp = 0.0
@@ -765,16 +767,22 @@ def teacher_forced_kl(p_model, q_model, trajs: list[tuple[list[int], list[int]]]
     with torch.no_grad():
         for b in range(0, len(trajs), batch_size):
             ids, attn, mask = (t.to(device) for t in pack(trajs[b : b + batch_size], pad_id))
-            logits_p = p_model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
             logits_q = q_model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
-            if logits_p.shape[-1] != logits_q.shape[-1]:
-                raise UserError(f"the models have different vocabularies ({logits_p.shape[-1]} vs "
-                                f"{logits_q.shape[-1]} logits): KL needs a shared tokenizer")
+            logits_p = None
             for t0 in range(0, ids.shape[1], time_chunk):
                 m = mask[:, t0 : t0 + time_chunk]  # (B, t)
                 if not m.any():
                     continue
-                logp = F.log_softmax(logits_p[:, t0 : t0 + time_chunk][m].float(), dim=-1)  # (N, V)
+                logp = None if p_cache is None else p_cache.get((b, t0))
+                if logp is None:
+                    if logits_p is None:
+                        logits_p = p_model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
+                    logp = F.log_softmax(logits_p[:, t0 : t0 + time_chunk][m].float(), dim=-1)  # (N, V)
+                    if p_cache is not None:
+                        p_cache[(b, t0)] = logp
+                if logp.shape[-1] != logits_q.shape[-1]:
+                    raise UserError(f"the models have different vocabularies ({logp.shape[-1]} vs "
+                                    f"{logits_q.shape[-1]} logits): KL needs a shared tokenizer")
                 logq = F.log_softmax(logits_q[:, t0 : t0 + time_chunk][m].float(), dim=-1)  # (N, V)
                 sum_pq += float((logp.exp() * (logp - logq)).sum())
                 sum_qp += float((logq.exp() * (logq - logp)).sum())
@@ -834,6 +842,9 @@ class KLConfig:
     top_p: float = 1.0
     batch_size: int = 4
     """Sequences per teacher-forced forward pass."""
+    cache_gb: float = 2.0
+    """Memory for one expert's log-probabilities on its trajectories, kept across the models it is compared
+    with (half the forward passes); when they need more, they are computed again for each model."""
     seed: int = 0
     """Seed of the embedded prompts and of the sampling."""
     eval: str | None = None
@@ -893,14 +904,23 @@ def run_kl(cfg: KLConfig) -> dict:
                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, seed=cfg.seed)
             trajs[a] = [(s["prompt_ids"], s["completion_ids"]) for s in samples if s["completion_ids"]]
+        # the expert's log-probabilities on its trajectories serve every model, when they fit in cfg.cache_gb
+        vocab = p_model.get_output_embeddings().weight.shape[0]
+        size = sum(len(c) for t in trajs.values() for _, c in t) * vocab * 4 / 2**30
+        caches = {a: {} if size <= cfg.cache_gb else None for a in trajs}
         for c, name in enumerate(names):
-            q_model = p_model if name == expert else load_named(name, columns[name], device, tokenizer=False)[1]
+            q_model = None if name == expert else load_named(name, columns[name], device, tokenizer=False)[1]
             for a, t in trajs.items():
                 bar.set_postfix_str(f"{domains[a]} data: expert {expert} vs {name}")
-                kl = teacher_forced_kl(p_model, q_model, t, pad_id=tokenizer.pad_token_id, batch_size=cfg.batch_size)
+                if q_model is None:   # the expert itself: KL 0, no forward pass needed
+                    kl = {"kl_pq": 0.0, "kl_qp": 0.0, "n_tokens": sum(len(comp) for _, comp in t)}
+                else:
+                    kl = teacher_forced_kl(p_model, q_model, t, pad_id=tokenizer.pad_token_id,
+                                           batch_size=cfg.batch_size, p_cache=caches[a])
                 fwd[a][b][c], rev[a][b][c], n_tokens[a][b] = kl["kl_pq"], kl["kl_qp"], kl["n_tokens"]
                 bar.update(1)
             del q_model
+        del caches
         del p_model
     bar.close()
     res = {"config": asdict(cfg), "domains": domains, "models": names, "paths": columns, "cross": cfg.cross,

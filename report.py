@@ -139,7 +139,9 @@ def problem_scores(seed_records: list[list[dict]]) -> dict:
             t[(r["model"], r["benchmark"])][r["id"]] = r
         tables.append(t)
     models = list(dict.fromkeys(r["model"] for r in seed_records[0]))
-    benches = list(dict.fromkeys(r["benchmark"] for r in seed_records[0]))
+    # a benchmark counts when some model has it in every seed
+    benches = [b for b in dict.fromkeys(r["benchmark"] for r in seed_records[0])
+               if any(all((m, b) in t for t in tables) for m in models)]
     out = {"models": models, "benchmarks": benches, "seeds": len(tables), "k": {}, "ids": {}, "domains": {}, "n_seen": {},
            "avg": defaultdict(dict), "pass": defaultdict(dict)}
     for b in benches:

@@ -439,6 +439,21 @@ def test_kl_matches_unbatched_reference():
     assert kl["kl_pq"] > 0 and kl["kl_pq"] != pytest.approx(kl["kl_qp"])   # KL is not symmetric
 
 
+def test_kl_with_the_expert_cached_gives_the_same_numbers():
+    p, q, r = (model.load_model("tiny", seed=s) for s in (0, 1, 2))
+    trajs, pad = sample_trajs(p)
+    cache = {}
+    first = analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4, time_chunk=5, p_cache=cache)
+    assert first == pytest.approx(analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4, time_chunk=5))
+    assert cache and all(v.shape[-1] == 1024 for v in cache.values())
+    calls = []
+    hook = p.register_forward_hook(lambda *args: calls.append(1))
+    second = analyze.teacher_forced_kl(p, r, trajs, pad_id=pad, batch_size=4, time_chunk=5, p_cache=cache)
+    assert calls == []   # p's log-probabilities all came from the cache
+    hook.remove()
+    assert second == pytest.approx(analyze.teacher_forced_kl(p, r, trajs, pad_id=pad, batch_size=4, time_chunk=5))
+
+
 def test_pack_masks_exactly_the_completion_predictions():
     ids, attn, mask = analyze.pack([([5, 6, 7], [8, 9]), ([5], [8, 9, 10])], pad_id=0)
     assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 8, 9, 10, 0]]

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from safetensors.torch import save_file
+
 import analyze
 import model
 import report
@@ -292,6 +294,9 @@ def seed_folder(root: Path, seed: int) -> tuple[Path, Path]:
     results written by hand."""
     runs, analyses = root / f"seed_{seed}" / "runs", root / f"seed_{seed}" / "report"
     paths = fake_experiment(runs, wall=100.0 + 20 * seed)
+    for name, domains in (("math", ["math"]), ("if", ["if"]), ("mixed", ["math", "if"])):
+        (runs / name / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, **{f"reward/{d}": 0.1 * step + seed for d in domains}}) + "\n" for step in range(4)))
     recs = []
     for name, (math_r, if_r) in SEED_REWARDS[seed].items():
         recs += records(name, "embedded/math", "math", math_r) + records(name, "embedded/if", "if", if_r)
@@ -300,6 +305,26 @@ def seed_folder(root: Path, seed: int) -> tuple[Path, Path]:
     analyze.write_json(analyses / "eval.json", {"models": {n: paths[n] for n in SEED_REWARDS[seed]}})
     analyze.write_json(analyses / "consistency.json",
                        analyze.consistency(recs, "base", ["math", "if"], ["mixed", "ties", "opd"], n_boot=50))
+    # weights: the math expert changes 1 + seed of 16 weights, the if expert 2, the mixed model 3
+    up = "model.layers.0.mlp.up_proj.weight"
+    base = torch.ones(4, 4)
+    folders = {}
+    for name, changed in (("base", 0), ("math", 1 + seed), ("if", 2), ("mixed", 3)):
+        w = base.clone()
+        w.view(-1)[:changed] += 1.0
+        folders[name] = root / f"seed_{seed}" / "weights" / name
+        folders[name].mkdir(parents=True)
+        save_file({up: w}, str(folders[name] / "model.safetensors"))
+    weights = analyze.compare_weights(str(folders.pop("base")), {n: str(f) for n, f in folders.items()},
+                                      proj_seeds=(), progress=False)
+    analyze.write_json(analyses / "weights.json", weights)
+    # kl: KL(expert B || model) = (seed + 1) (1 + A + 2B + model) / 100 on domain A, 0 for the expert itself
+    names = ["math", "if", "mixed", "ties", "opd"]
+    fwd = [[[0.0 if m == b else (seed + 1) * (1 + a + 2 * b + m) / 100 for m in range(5)] for b in range(2)]
+           for a in range(2)]
+    analyze.write_json(analyses / "kl.json", {"domains": ["math", "if"], "models": names, "cross": True,
+                                              "kl_fwd": fwd, "kl_rev": fwd, "n_tokens": [[10, 10], [10, 10]],
+                                              "perf_change": [[0.0, -0.5, -0.5, -0.2, -0.4], [-0.7, 0.0, -0.4, -0.4, -0.3]]})
     return runs, analyses
 
 
@@ -356,5 +381,15 @@ def test_report_of_several_seeds(tmp_path):
     assert cons["cos"]["ties"]["all"]["cos"] == pytest.approx(cos)
     seeds = cons["cos"]["ties"]["all"]["seeds"]
     assert len(seeds) == 2 and f"; seeds {min(seeds):.3f} to {max(seeds):.3f} |" in text
-    # training curves and the runs table name each runs folder
-    assert f"| {folders[1][0]} | mixed | mixed |" in text
+    # the runs table names each runs folder; the training curves draw each seed
+    assert f"| {folders[1][0]} | mixed | mixed | math,if | 3 |" in text
+    curves = json.loads((out / "train_curves.json").read_text())
+    assert curves["reward/math"]["mixed (runs folder 1)"] == [[0, 1.0], [1, 1.1], [2, 1.2], [3, 1.3]]
+    assert sorted(curves["reward/if"]) == ["if (runs folder 0)", "if (runs folder 1)", "mixed (runs folder 0)",
+                                           "mixed (runs folder 1)"]
+    # weights and KL: the first seed in full, then every seed's headline numbers
+    assert "| math | 0.906 (seeds 0.875 to 0.938) |" in text   # 15/16 and 14/16 of the weights unchanged
+    assert "| mixed | 0.812 (seeds 0.812 to 0.812) |" in text
+    # KL(if expert || mixed) on math: (1 + 0 + 2 + 2) / 100 x seed + 1
+    assert "| expert if | 0.075 (seeds 0.05 to 0.1) | 0.09 (seeds 0.06 to 0.12) |" in text
+    assert "Not available" not in text
