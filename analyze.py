@@ -393,6 +393,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     import plots
     models = {n: check_model(n, p) for n, p in parse_named(cfg.models).items()}   # every path before any work
     benches = load_benchmarks(cfg.benchmarks, cfg.domains, cfg.n_problems, cfg.problem_seed)
+    if not benches:
+        raise UserError(f"--benchmarks {' '.join(cfg.benchmarks)} give no problems of --domains "
+                        f"{' '.join(cfg.domains)}")
     device = resolve_device(cfg.device)
     records = []
     bar = tqdm(total=len(models) * sum(map(len, benches.values())), desc="eval", unit="problem")

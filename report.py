@@ -113,7 +113,8 @@ def est_text(e: dict | None, diff: bool = False) -> str:
         return "n/a"
     interval, _, seeds = interval_text(e, diff).partition("; ")
     verdict = (" sig" if significant(e) else " n.s.") if diff else ""
-    return (f"{e['value']:+.3f}" if diff else f"{e['value']:.3f}") + f" {interval}{verdict}" + (f"; {seeds}" if seeds else "")
+    value = f"{e['value']:+.3f}" if diff else f"{e['value']:.3f}"
+    return f"{value} {interval}{verdict}" + (f"; {seeds}" if seeds else "")
 
 
 def spread_text(values: list, f=sig) -> str:
@@ -142,8 +143,8 @@ def problem_scores(seed_records: list[list[dict]]) -> dict:
     # a benchmark counts when some model has it in every seed
     benches = [b for b in dict.fromkeys(r["benchmark"] for r in seed_records[0])
                if any(all((m, b) in t for t in tables) for m in models)]
-    out = {"models": models, "benchmarks": benches, "seeds": len(tables), "k": {}, "ids": {}, "domains": {}, "n_seen": {},
-           "avg": defaultdict(dict), "pass": defaultdict(dict)}
+    out = {"models": models, "benchmarks": benches, "seeds": len(tables), "k": {}, "ids": {}, "domains": {},
+           "n_seen": {}, "avg": defaultdict(dict), "pass": defaultdict(dict)}
     for b in benches:
         have = [m for m in models if all((m, b) in t for t in tables)]
         ids = sorted(set.intersection(*(set(t[(m, b)]) for m in have for t in tables)))
@@ -244,7 +245,8 @@ def models_from_runs(found: dict, cfg: analyze.ReportConfig) -> dict:
     step0 = [t["step0"] for t in found["train"].values() if t["step0"]]
     bases = {t["base"] for t in found["train"].values() if t["base"]}
     return {
-        "base": cfg.base or next((b for b in base_runs + step0 if b), None) or (bases.pop() if len(bases) == 1 else None),
+        "base": (cfg.base or next((b for b in base_runs + step0 if b), None)
+                 or (bases.pop() if len(bases) == 1 else None)),
         "experts": analyze.parse_named(cfg.experts, "expert") if cfg.experts else experts,
         "multitask": {"multitask": cfg.multitask} if cfg.multitask else multitask,
         "merged": analyze.parse_named(cfg.merged, "merged model") if cfg.merged else
@@ -319,7 +321,8 @@ def main_table(ps: dict, stats: dict) -> str:
     benches = ps["benchmarks"]
     kk = sorted(set(ps["k"].values()))
     k = kk[0] if len(kk) == 1 else "k"
-    seeds = "" if ps["seeds"] == 1 else f"; the {ps['seeds']} seeds averaged per problem, then each seed's value as min to max"
+    seeds = ("" if ps["seeds"] == 1 else
+             f"; the {ps['seeds']} seeds averaged per problem, then each seed's value as min to max")
     md = (f"avg@{k}, the mean reward of each problem's samples ({', '.join(map(str, kk))} per problem), each cell "
           f"with its 95% bootstrap interval over problems{seeds}:\n\n")
     # the value and its interval in two columns, so the value column holds a plain number
@@ -342,16 +345,18 @@ def main_table(ps: dict, stats: dict) -> str:
 SIG_NOTE = "sig: the interval excludes 0; n.s.: it does not"
 
 
-def differences(ps: dict, stats: dict, who: dict) -> str:
+def differences(ps: dict, stats: dict, who: dict) -> str | None:
     benches = ps["benchmarks"]
+    cols = [*benches, "mean"]
     md = ""
     if stats["vs_base"]:
-        md += (f"### Each model vs the base\n\nEach model minus the base ({who['base']}), avg@k, with paired 95% bootstrap intervals ({SIG_NOTE}):"
-               "\n\n")
-        md += md_table(["model", *benches, "mean"], [[n] + [est_text(cells.get(b), diff=True) for b in [*benches, "mean"]]
+        md += (f"### Each model vs the base\n\nEach model minus the base ({who['base']}), avg@k, with paired 95% "
+               f"bootstrap intervals ({SIG_NOTE}):\n\n")
+        md += md_table(["model", *benches, "mean"], [[n] + [est_text(cells.get(b), diff=True) for b in cols]
                                                      for n, cells in stats["vs_base"].items()])
     if stats["expert_gain"]:
-        md += "\n### Each expert on its own domain\n\nEach expert's gain over the base on its own domain's problems:\n\n"
+        md += ("\n### Each expert on its own domain\n\nEach expert's gain over the base on its own domain's "
+               "problems:\n\n")
         md += md_table(["expert", "benchmark", "problems", "gain [95% interval]"],
                        [[f"{d} ({who['experts'][d]})", b, e["n"], est_text(e, diff=True)]
                         for (d, b), e in stats["expert_gain"].items() if e])
@@ -365,13 +370,14 @@ def combination_table(found: dict, ps: dict, stats: dict, who: dict) -> str | No
     if not who["combined"]:
         return None
     benches = ps["benchmarks"]
+    cols = [*benches, "mean"]
     value = lambda cells, b: fmt(cells[b]["value"]) if cells.get(b) else "n/a"  # noqa: E731
     merges = {n: m["report"].get("summary", {}) for n, m in found["merged"].items()}
-    rows = [["experts", "each on its own domain", *[value(stats["experts_own"], b) for b in [*benches, "mean"]],
+    rows = [["experts", "each on its own domain", *[value(stats["experts_own"], b) for b in cols],
              est_text(stats.get("experts_own_vs_mixed", {}).get("mean"), diff=True), "", "", ""]]
     if who["mixed"] in stats["cells"]["avg"]:
-        rows.append(["mixed", who["mixed"], *[value(stats["cells"]["avg"][who["mixed"]], b) for b in [*benches, "mean"]],
-                     "", "", "", ""])
+        mixed = stats["cells"]["avg"][who["mixed"]]
+        rows.append(["mixed", who["mixed"], *[value(mixed, b) for b in cols], "", "", "", ""])
     combined = []
     for n, kind in who["combined"].items():
         if n not in stats["cells"]["avg"]:
@@ -379,7 +385,7 @@ def combination_table(found: dict, ps: dict, stats: dict, who: dict) -> str | No
         cells, summary = stats["cells"]["avg"][n], merges.get(n, {})
         kept = summary.get("kept")
         combined.append((cells["mean"]["value"] if cells.get("mean") else -1.0,
-                         [kind, n, *[value(cells, b) for b in [*benches, "mean"]],
+                         [kind, n, *[value(cells, b) for b in cols],
                           est_text(stats["vs_mixed"].get(n, {}).get("mean"), diff=True),
                           sig(float(np.mean(kept)) if kept else None) if kind == "merge" else "",
                           sig(summary.get("sign_conflict")) if kind == "merge" else "",
@@ -392,7 +398,7 @@ def combination_table(found: dict, ps: dict, stats: dict, who: dict) -> str | No
     md += md_table(["kind", "model", *benches, "mean", "mean - mixed", "kept", "sign conflicts", "update norm"], rows)
     if stats["vs_mixed"]:
         md += f"\nEach combination minus the mixed model ({who['mixed']}) per benchmark, paired 95% intervals:\n\n"
-        md += md_table(["model", *benches, "mean"], [[n] + [est_text(cells.get(b), diff=True) for b in [*benches, "mean"]]
+        md += md_table(["model", *benches, "mean"], [[n] + [est_text(cells.get(b), diff=True) for b in cols]
                                                      for n, cells in stats["vs_mixed"].items()])
     return md
 
@@ -440,8 +446,9 @@ def cost_table(founds: list[dict]) -> tuple[str, dict] | None:
     rows = []
     for kind, label in (("expert", "expert run"), ("mixed", "mixed run"), ("merge", "merge"), ("opd", "MT-OPD run")):
         for n in costs[0]["hours"][kind]:
-            infos = [f["merged"].get(n, {}).get("report", {}) if kind == "merge" else f["train"].get(n, {}).get("run", {})
-                     for f in founds]   # merge_report.json or run.json of this run in each folder
+            # merge_report.json or run.json of this run in each folder
+            infos = [f["merged"].get(n, {}).get("report", {}) if kind == "merge" else
+                     f["train"].get(n, {}).get("run", {}) for f in founds]
             rows.append([label, n, infos[0].get("device", "n/a"), infos[0].get("world_size", 1),
                          spread_text([i.get("wall_s") for i in infos]), spread_text(seeds(kind, n))])
     md = ("Every run and merge. Device-hours = wall time x processes; a training run's wall time counts its steps "
@@ -470,8 +477,8 @@ def weights_seeds(results: list[dict]) -> str:
             return [next((p["rel"]["all"].get(key) for p in r["pairs"] if (p["a"], p["b"]) == (a, b)), None)
                     for r in results]
         md += "\n" + md_table(["pair", "Jaccard", "cosine on overlap"],
-                              [[f"{a} / {b}", spread_text(stat(a, b, "jaccard"), fmt), spread_text(stat(a, b, "cos"), fmt)]
-                               for a, b in pairs])
+                              [[f"{a} / {b}", spread_text(stat(a, b, "jaccard"), fmt),
+                                spread_text(stat(a, b, "cos"), fmt)] for a, b in pairs])
     return md
 
 
@@ -561,7 +568,8 @@ def compute_missing(found: dict, models: dict, where: Path, cfg: analyze.ReportC
             merged=named({**extra_mt, **models["distilled"], **models["merged"]}), out=str(where),
             device=cfg.device, **level))
     combined = {**models["multitask"], **models["merged"], **models["distilled"]}
-    if files["eval"].exists() and models["base"] and models["experts"] and combined and not files["consistency"].exists():
+    if (files["eval"].exists() and models["base"] and models["experts"] and combined
+            and not files["consistency"].exists()):
         ev = read_json(files["eval"])
         name = lambda n, p: analyze.match_eval_name(ev, n, p)  # noqa: E731
         analyze.run_consistency(analyze.ConsistencyConfig(
@@ -609,6 +617,7 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     ev = evals[0] if evals else None
     shown = {"base": models[0]["base"], **models[0]["experts"], **models[0]["multitask"], **models[0]["merged"],
              **models[0]["distilled"]}
+    shown = {k: v for k, v in shown.items() if v}   # no base found: none to show
     md.append(f"\nModels used{' (first runs folder)' if several else ''}, named as in eval.json: " + ", ".join(
         f"{(ev and analyze.match_eval_name(ev, k, v)) or k} = `{v}`" for k, v in shown.items()) + "\n")
 
@@ -630,7 +639,8 @@ def run_report(cfg: analyze.ReportConfig) -> str:
                                         "analyses": [str(a) for a in analyses], "roles": who, "k": ps["k"],
                                         "n_problems": {b: len(ids) for b, ids in ps["ids"].items()},
                                         **{key: stats[key] for key in ("cells", "vs_base", "vs_mixed", "experts_own")},
-                                        "expert_gain": {f"{d} on {b}": e for (d, b), e in stats["expert_gain"].items()}})
+                                        "expert_gain": {f"{d} on {b}": e
+                                                        for (d, b), e in stats["expert_gain"].items()}})
     md.append("## 3. Main table: accuracy of every model on every benchmark\n")
     if ps:
         md.append(main_table(ps, stats))

@@ -589,7 +589,8 @@ def test_cli_help_comes_before_torch_and_matplotlib():
     for args in (["--help"], ["report", "--help"], ["kl", "--help"]):
         out = run_cli(*args, importtime=True)
         assert out.returncode == 0, out.stderr
-        imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+        imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                    if line.startswith("import time:")}
         assert not {"torch", "transformers", "matplotlib", "model", "plots", "report"} & imported, args
     assert all(sub in out.stdout for sub in ("--experts", "--cross", "--no-cross"))
     out = run_cli("--help")
@@ -607,6 +608,7 @@ def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path):
         (["eval", "--models", "out/math"], "no such folder out/math"),   # ./out exists: local, not a hub id
         (["eval", "--domains", "chess"], "unknown domains ['chess']"),
         (["eval", "--benchmarks", "nowhere.jsonl"], "benchmark 'nowhere': no file nowhere.jsonl"),
+        (["eval", "--benchmarks", "humaneval", "--domains", "math"], "give no problems of --domains math"),
         (["weights", "--models", f"m={empty}"], "is not a model folder, it has no config.json and no weights"),
         (["kl", "--experts", "chess=x"], "experts must be named by domain"),
         (["consistency", "--experts", "e", "--models", "m"], "no per-problem results out/analysis/eval_per_problem"),

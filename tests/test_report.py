@@ -176,7 +176,8 @@ def test_report_refuses_missing_or_empty_runs_and_writes_nothing(tmp_path):
         report.run_report(analyze.ReportConfig(runs=[str(tmp_path / "runs")] * 2, experts=["math=x"]))
     with pytest.raises(UserError, match="2 folders for 1 --runs folders"):
         report.run_report(analyze.ReportConfig(runs=[str(tmp_path / "runs")], analyses=["a", "b"]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "runs"] and not (tmp_path / "runs" / "analysis").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "runs"]
+    assert not (tmp_path / "runs" / "analysis").exists()
 
 
 def test_report_goes_under_the_runs_folder(tmp_path):
@@ -184,6 +185,11 @@ def test_report_goes_under_the_runs_folder(tmp_path):
     text = report.run_report(analyze.ReportConfig(runs=[str(tmp_path / "runs")], compute=False))
     assert (tmp_path / "runs" / "analysis" / "report.md").read_text() == text
     assert "## 1. Runs" in text and text.count("**Not available:**") == 6   # no analyses were run
+    # no base anywhere (no base run, no config["model"]) and an eval.json without one: still a report
+    fake_run(tmp_path / "other", "math", {"domains": ["math"]}, 10.0)
+    analyze.write_json(tmp_path / "other" / "analysis" / "eval.json", {"models": {"math": "x"}, "table": {}})
+    text = report.run_report(analyze.ReportConfig(runs=[str(tmp_path / "other")], compute=False))
+    assert f"Models used, named as in eval.json: math = `{tmp_path / 'other' / 'math'}`" in text
 
 
 # ------------------------------------------------------------------------------------------------ whole reports
@@ -295,8 +301,8 @@ def seed_folder(root: Path, seed: int) -> tuple[Path, Path]:
     runs, analyses = root / f"seed_{seed}" / "runs", root / f"seed_{seed}" / "report"
     paths = fake_experiment(runs, wall=100.0 + 20 * seed)
     for name, domains in (("math", ["math"]), ("if", ["if"]), ("mixed", ["math", "if"])):
-        (runs / name / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": step, **{f"reward/{d}": 0.1 * step + seed for d in domains}}) + "\n" for step in range(4)))
+        lines = [{"step": step, **{f"reward/{d}": 0.1 * step + seed for d in domains}} for step in range(4)]
+        (runs / name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     recs = []
     for name, (math_r, if_r) in SEED_REWARDS[seed].items():
         recs += records(name, "embedded/math", "math", math_r) + records(name, "embedded/if", "if", if_r)
@@ -324,7 +330,8 @@ def seed_folder(root: Path, seed: int) -> tuple[Path, Path]:
            for a in range(2)]
     analyze.write_json(analyses / "kl.json", {"domains": ["math", "if"], "models": names, "cross": True,
                                               "kl_fwd": fwd, "kl_rev": fwd, "n_tokens": [[10, 10], [10, 10]],
-                                              "perf_change": [[0.0, -0.5, -0.5, -0.2, -0.4], [-0.7, 0.0, -0.4, -0.4, -0.3]]})
+                                              "perf_change": [[0.0, -0.5, -0.5, -0.2, -0.4],
+                                                              [-0.7, 0.0, -0.4, -0.4, -0.3]]})
     return runs, analyses
 
 
