@@ -945,11 +945,14 @@ def signed(x, digits: int = 3) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
 
 
-def kl_markdown(res: dict) -> str:
+def kl_markdown(res: dict, delta: list[list[str]] | None = None) -> str:
     """Figure 4 for the first model that is not an expert (the multi-task one when given), a summary of the
-    cross matrix for every model, then each expert's own domain in both directions and the ΔPerf table."""
+    cross matrix for every model, then each expert's own domain in both directions and the ΔPerf table.
+    delta: the ΔPerf cells [A][M] as text (report.py's, with paired intervals); default the perf_change numbers."""
     doms, names = res["domains"], res["models"]
     fwd, perf = res["kl_fwd"], res.get("perf_change")
+    if delta is None and perf is not None:
+        delta = [[signed(v) for v in row] for row in perf]
     md = ""
     others = names[len(doms):]
     if others:
@@ -959,8 +962,8 @@ def kl_markdown(res: dict) -> str:
                f"that of A's expert. A small cell off the diagonal (B ≠ A) says that on A's prompts "
                f"{others[0]} predicts like the expert of B: the policy neighbourhood the paper reads from it.\n\n")
         rows = [[f"expert {e}"] + [sig(fwd[a][b][j]) for a in range(len(doms))] for b, e in enumerate(doms)]
-        if perf is not None:
-            rows.append(["ΔPerf"] + [signed(perf[a][j]) for a in range(len(doms))])
+        if delta is not None:
+            rows.append(["ΔPerf"] + [delta[a][j] for a in range(len(doms))])
         md += md_table(["", *[f"{d} data" for d in doms]], rows)
         if not res.get("cross", True):
             md += "\nOff the diagonal: not computed (kl ran with --no-cross).\n"
@@ -980,9 +983,9 @@ def kl_markdown(res: dict) -> str:
     rows = [[f"{d} data ({res['n_tokens'][i][i] or 0} tokens)"] +
             [f"{sig(f)} / {sig(r)}" for f, r in zip(fwd[i][i], res["kl_rev"][i][i])] for i, d in enumerate(doms)]
     md += md_table(["trajectories", *names], rows)
-    if perf is not None:
-        md += "\nAccuracy change on the row's domain, column model minus the row's expert (avg@k):\n\n"
-        md += md_table(["domain", *names], [[d] + [signed(v) for v in perf[i]] for i, d in enumerate(doms)])
+    if delta is not None:
+        md += "\nΔPerf: accuracy on the row's domain, column model minus the row's expert (avg@k):\n\n"
+        md += md_table(["domain", *names], [[d, *delta[i]] for i, d in enumerate(doms)])
     return md
 
 

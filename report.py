@@ -496,6 +496,26 @@ def kl_seeds(results: list[dict]) -> str:
             f"max):\n\n" + md_table(["", *[f"{d} data" for d in doms]], rows))
 
 
+def delta_perf(ps: dict, kl: dict, evaluation: dict, *, n_boot: int, seed: int) -> list[list[dict | None]]:
+    """The ΔPerf of the KL section with paired intervals: [domain A][model M] = M minus A's expert on the problems
+    of domain A (the mean over the benchmarks holding them); None where either was not evaluated."""
+    names = {n: analyze.match_eval_name(evaluation, n, p) for n, p in kl["paths"].items()}
+    out = []
+    for a in kl["domains"]:
+        expert = names.get(a)
+        row = []
+        for m in kl["models"]:
+            mine, scores = ps["avg"].get(names.get(m), {}), {}
+            theirs = ps["avg"].get(expert, {})
+            for b in ps["benchmarks"]:
+                mask = np.array([d == a for d in ps["domains"][b]], dtype=bool)
+                if mask.any() and b in mine and b in theirs:
+                    scores[b] = (mine[b] - theirs[b])[:, mask]
+            row.append(estimate(scores, n_boot=n_boot, seed=seed))
+        out.append(row)
+    return out
+
+
 def consistency_seeds(res: dict) -> str:
     """consistency_markdown for the pooled samples of several seeds, with each seed's own cosine."""
     scopes = [s for s in res["n_problems"] if s != "all"] + ["all"]
@@ -693,9 +713,15 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     kls = each("kl.json")
     if kls and "n_tokens" in kls[0] and isinstance(kls[0]["kl_fwd"][0][0], list):
         res = kls[0]
-        md.append(("First runs folder:\n\n" if several else "") + analyze.kl_markdown(res))
+        delta = None
+        if ps:   # ΔPerf from the per-problem rewards, with paired intervals (and every seed's, pooled)
+            delta = delta_perf(ps, res, ev, n_boot=cfg.n_boot, seed=cfg.seed)
+            res = {**res, "perf_change": [[e and e["value"] for e in row] for row in delta]}
+            delta = [[est_text(e, diff=True) for e in row] for row in delta]
+        md.append(("KL of the first runs folder; ΔPerf over every runs folder.\n\n" if several else "") +
+                  analyze.kl_markdown(res, delta))
         if res.get("perf_change") is None:
-            missing("ΔPerf beside the KL (no eval.json when kl ran).")
+            missing("ΔPerf beside the KL (no eval results).")
         plots.plot_kl(res, out / "kl_heatmap.png")
         md.append("\n![kl](kl_heatmap.png)\n")
         if len(res["models"]) > len(res["domains"]):

@@ -329,6 +329,7 @@ def seed_folder(root: Path, seed: int) -> tuple[Path, Path]:
     fwd = [[[0.0 if m == b else (seed + 1) * (1 + a + 2 * b + m) / 100 for m in range(5)] for b in range(2)]
            for a in range(2)]
     analyze.write_json(analyses / "kl.json", {"domains": ["math", "if"], "models": names, "cross": True,
+                                              "paths": {n: paths[n] for n in names},
                                               "kl_fwd": fwd, "kl_rev": fwd, "n_tokens": [[10, 10], [10, 10]],
                                               "perf_change": [[0.0, -0.5, -0.5, -0.2, -0.4],
                                                               [-0.7, 0.0, -0.4, -0.4, -0.3]]})
@@ -399,4 +400,8 @@ def test_report_of_several_seeds(tmp_path):
     assert "| mixed | 0.812 (seeds 0.812 to 0.812) |" in text
     # KL(if expert || mixed) on math: (1 + 0 + 2 + 2) / 100 x seed + 1
     assert "| expert if | 0.075 (seeds 0.05 to 0.1) | 0.09 (seeds 0.06 to 0.12) |" in text
+    # ΔPerf of Figure 4 (the mixed model): mixed minus each domain's expert, paired intervals over both seeds
+    delta = [expected(per_problem("mixed", b) - per_problem(d, b), b, True)
+             for d, b in (("math", "embedded/math"), ("if", "embedded/if"))]
+    assert f"| ΔPerf | {delta[0]} | {delta[1]} |" in text
     assert "Not available" not in text
