@@ -711,7 +711,8 @@ def run_report(cfg: analyze.ReportConfig) -> str:
 
     md.append("## 7. Cross-domain KL\n")
     kls = each("kl.json")
-    if kls and "n_tokens" in kls[0] and isinstance(kls[0]["kl_fwd"][0][0], list):
+    # kl.json written before the cross matrix holds [A][M] matrices, not [A][B][M]: not read
+    if kls and kls[0].get("domains") and isinstance(kls[0]["kl_fwd"][0][0], list):
         res = kls[0]
         delta = None
         if ps:   # ΔPerf from the per-problem rewards, with paired intervals (and every seed's, pooled)
@@ -730,7 +731,8 @@ def run_report(cfg: analyze.ReportConfig) -> str:
         if several:
             md.append("\n" + kl_seeds(kls))
     else:
-        missing("kl.json of this version (run `python analyze.py kl`, or report with --compute and expert runs).")
+        missing("kl.json with the cross matrix (run `python analyze.py kl`, or report with --compute and expert "
+                "runs).")
 
     md.append("## 8. Consistency of gains\n")
     cons = each("consistency.json")
