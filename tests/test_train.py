@@ -60,7 +60,7 @@ def test_paper_presets_are_the_papers(preset):
 def test_paper_preset_and_override():
     cfg = train.cli(["--preset", "paper", "--lr", "1e-6", "--domains", "math"])
     assert (cfg.prompts_per_step, cfg.group_size, cfg.lr, cfg.steps) == (128, 16, 1e-6, 200)
-        assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
+    assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
     assert cfg.grader == "paper" and train.cli(["--preset", "paper-opd"]).grader == "paper"
     assert train.cli(["--domains", "math"]).grader == "lenient"          # the tiny model's learning signal
     assert train.cli(["--preset", "paper", "--grader", "lenient"]).grader == "lenient"
