@@ -250,6 +250,14 @@ def all_max(x: int, device) -> int:
     return int(t.item())
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward; only its input is kept in between.
+    Tested with transformers 5.19.0, the version sglang pins (requirements.txt): it has
+    gradient_checkpointing_enable only (activation_checkpointing_enable came later). Non-reentrant
+    checkpointing works with FSDP2's hooks, which run inside each checkpointed layer."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """FSDP2: shard each decoder block, then the root (which holds the embedding, tied to lm_head).
     The root keeps its parameters unsharded after forward, so the loss can use lm_head.weight directly."""
@@ -669,7 +677,7 @@ def main(cfg: Config) -> None:
                 for d, p in teacher_paths(cfg.teachers).items()}
     policy.to(device).train()
     if cfg.activation_checkpointing:
-        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(policy)
     if distributed:
         policy = shard(policy, device)
         ref_model = shard(ref_model, device) if ref_model is not None else None

@@ -258,7 +258,7 @@ def main(cfg: Config) -> dict:
             engine.to(torch.bfloat16)
     policy.to(device).train()
     if cfg.grad_ckpt:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        train.enable_activation_checkpointing(policy)
     policy = train.shard(policy, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     tcfg = train.Config(domains=("math",), group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens,

@@ -1,6 +1,7 @@
 """Gradients of one GRPO micro-batched backward pass, written to a file; run both as
-`python tests/fsdp_grads.py OUT NORM` (one process, no sharding) and
-`torchrun --nproc_per_node 2 tests/fsdp_grads.py OUT NORM` (FSDP2 over gloo). test_train.py compares them."""
+`python tests/fsdp_grads.py OUT NORM [ckpt]` (one process, no sharding) and
+`torchrun --nproc_per_node 2 tests/fsdp_grads.py OUT NORM [ckpt]` (FSDP2 over gloo). test_train.py compares them.
+ckpt turns activation checkpointing on, as --preset paper does."""
 
 import os
 import sys
@@ -24,7 +25,7 @@ def fixed_batch(n: int, vocab: int):
     return samples, adv
 
 
-def main(out: str, norm: str) -> None:
+def main(out: str, norm: str, ckpt: bool = False) -> None:
     distributed = "RANK" in os.environ
     if distributed:
         dist.init_process_group("gloo")
@@ -33,6 +34,8 @@ def main(out: str, norm: str) -> None:
     model = modeling.load_model("tiny")
     cfg = train.Config(domains=("math",), micro_batch=2, loss_norm=norm, max_new_tokens=4)
     samples, adv = fixed_batch(7, model.config.vocab_size)  # 7: ranks get unequal shares (4 and 3)
+    if ckpt:
+        train.enable_activation_checkpointing(model)
     if distributed:
         model = train.shard(model, torch.device("cpu"))
     local = list(range(rank, len(samples), world))
@@ -49,4 +52,4 @@ def main(out: str, norm: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], ckpt=sys.argv[3:] == ["ckpt"])

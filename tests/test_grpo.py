@@ -184,17 +184,24 @@ def test_teacher_equal_to_student_gives_zero_advantage():
     assert (mixed[1] * mask[1]).abs().sum() > 0.01
 
 
-def test_activation_checkpointing_leaves_gradients_unchanged():
+def test_activation_checkpointing_recomputes_and_leaves_gradients_unchanged():
+    """train.enable_activation_checkpointing under the pinned transformers (5.19.0, sglang's pin, which has no
+    activation_checkpointing_enable): each decoder layer runs twice per micro-batch (forward, then the
+    recompute in backward), and the gradients are those of the plain model."""
     samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2]}, {"prompt_ids": [5, 6], "completion_ids": [10, 2]}]
-    grads = []
+    grads, calls = [], []
     for ckpt in (False, True):
         net = model.load_model("tiny").train()
         if ckpt:
-            net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            assert net.is_activation_checkpointing
+            train.enable_activation_checkpointing(net)
+            assert net.is_gradient_checkpointing
+        n = [0]
+        net.model.layers[0].register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
         train.train_on(net, samples, torch.tensor([1.0, -0.5]), cfg(), 0, "cpu", denom=5.0, n_micro=2)
-        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+        calls.append(n[0])
+    assert calls == [2, 4]   # two micro-batches; with checkpointing each forward is run again in backward
     assert grads[0].keys() == grads[1].keys()
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
-        assert grads[0][n].abs().max() > 0, n
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, msg=k)
+        assert grads[0][k].abs().max() > 0, k

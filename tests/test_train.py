@@ -136,13 +136,14 @@ def test_batch_for_step_is_deterministic_and_follows_ratios():
 
 # --- FSDP2: two processes give the single-process gradient
 
-@pytest.mark.parametrize("norm", ["token", "sequence"])
-def test_fsdp2_two_processes_match_one(tmp_path, norm):
+@pytest.mark.parametrize("norm,ckpt", [("token", ""), ("sequence", ""), ("sequence", "ckpt")])
+def test_fsdp2_two_processes_match_one(tmp_path, norm, ckpt):
+    """ckpt: activation checkpointing inside FSDP2's blocks (as --preset paper) gives the same gradients."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm])
+    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm, ckpt])
     assert r.returncode == 0, r.stderr[-2000:]
     r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_grads.py",
-             str(two), norm])
+             str(two), norm, ckpt])
     assert r.returncode == 0, r.stderr[-2000:]
     g1, g2 = torch.load(one), torch.load(two)
     assert g1.keys() == g2.keys() and len(g1) > 10
@@ -216,6 +217,21 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     wb = load_file(out_b / "r" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+def test_activation_checkpointing_flag_trains_under_the_pinned_transformers(tmp_path, monkeypatch):
+    """--activation-checkpointing (on in the paper presets) with transformers 5.19.0, sglang's pin: a step runs
+    and every decoder layer of the policy is checkpointed."""
+    seen = []
+    real = train.enable_activation_checkpointing
+    monkeypatch.setattr(train, "enable_activation_checkpointing", lambda m: (real(m), seen.append(m)))
+    cfg = train.Config(domains=("math",), steps=1, prompts_per_step=2, group_size=2, activation_checkpointing=True,
+                       out_dir=str(tmp_path), save_every=100)
+    train.main(cfg)
+    assert [x["step"] for x in metrics(tmp_path / "math")] == [1]
+    (policy,) = seen
+    assert policy.is_gradient_checkpointing
+    assert all(layer.gradient_checkpointing for layer in policy.model.layers)
 
 
 def test_bad_data_path_fails_before_work(tmp_path):
