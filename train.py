@@ -250,6 +250,16 @@ def all_max(x: int, device) -> int:
     return int(t.item())
 
 
+def attention_implementation(device: torch.device) -> str:
+    """"flash_attention_2" when FlashAttention 2 itself is installed and the device is CUDA, else "sdpa".
+    Asked of transformers (tested with 5.19.0): sglang's dependencies install flash-attn-4, whose files live
+    under flash_attn/cute/ with no flash_attn/__init__.py, so `flash_attn` is found as a namespace package
+    that holds no FA2; transformers checks the distribution's name and version (flash-attn >= 2.3.3) and
+    would refuse that attention, then try to fetch a kernel from the Hub."""
+    from transformers.utils import is_flash_attn_2_available
+    return "flash_attention_2" if device.type == "cuda" and is_flash_attn_2_available() else "sdpa"
+
+
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each decoder layer's activations in backward; only its input is kept in between.
     Tested with transformers 5.19.0, the version sglang pins (requirements.txt): it has
@@ -654,7 +664,7 @@ def main(cfg: Config) -> None:
     torch.manual_seed(cfg.seed)
     attn = None
     if device.type == "cuda":
-        attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+        attn = attention_implementation(device)
         if cfg.liger:   # fused RMSNorm, SwiGLU and RoPE kernels, patched into the HF Qwen3 classes
             from liger_kernel.transformers import apply_liger_kernel_to_qwen3
             apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,

@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run(args, **kw):
-    return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
+def run(args, env=ENV, **kw):
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
 def metrics(run_dir):
@@ -217,6 +217,40 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     wb = load_file(out_b / "r" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+def _fake_dist(site, dist_name: str, version: str, files: dict[str, str]) -> None:
+    """An installed distribution as importlib.metadata and transformers see it: its files and a dist-info."""
+    for path, text in files.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(text)
+    info = site / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in files))
+
+
+@pytest.mark.parametrize("installed,expect", [
+    ("flash-attn-4", "sdpa"),               # sglang's dependency: a flash_attn namespace package, no FA2
+    ("flash-attn", "flash_attention_2"),    # FlashAttention 2 itself
+    ("both", "flash_attention_2"),          # FA2 installed over flash-attn-4 (requirements-gpu.txt's order)
+])
+def test_attention_implementation_wants_flash_attention_2_itself(tmp_path, installed, expect):
+    """Run in a fresh interpreter with a fake site directory and CUDA reported present, as on a GPU node.
+    (Without CUDA, or with no flash_attn at all, the answer is sdpa: the last assert.)"""
+    fa2 = {"flash_attn/__init__.py": "__version__ = '2.8.3.post2'\n"}
+    fa4 = {"flash_attn/cute/__init__.py": "", "flash_attn/cute/interface.py": ""}
+    if installed in ("flash-attn-4", "both"):
+        _fake_dist(tmp_path, "flash-attn-4", "4.0.0b40", fa4)
+    if installed in ("flash-attn", "both"):
+        _fake_dist(tmp_path, "flash-attn", "2.8.3.post2", fa2)
+    code = ("import torch; torch.cuda.is_available = lambda: True\n"
+            "import importlib.util, train\n"
+            "print(importlib.util.find_spec('flash_attn') is not None, train.attention_implementation(torch.device('cuda')))")
+    r = run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["True", expect]   # a bare find_spec('flash_attn') cannot tell FA4 from FA2
+    assert train.attention_implementation(torch.device("cpu")) == "sdpa"
 
 
 def test_activation_checkpointing_flag_trains_under_the_pinned_transformers(tmp_path, monkeypatch):
