@@ -329,10 +329,46 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = T
     return adv.reshape(-1)                                  # (P*G,)
 
 
-def token_logprobs(hidden, weight, targets, temperature: float = 1.0):
-    """log pi(target) from final hidden states: (B, T, H), (V, H), (B, T) -> (B, T)."""
-    logits = (hidden @ weight.T).float() / temperature      # (B, T, V)
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+LOGP_CHUNK = 1024   # positions per chunk of logits: (1024, 151,936) is 0.6 GB in fp32, and fills a GPU's matmul
+
+
+def _chunk_logits(h, weight, temperature: float):
+    """fp32 logits / temperature of a few positions: (N, H), (V, H) -> (N, V)."""
+    logits = (h @ weight.T).float()                         # (N, V)
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+def token_logprobs(hidden, weight, targets, temperature: float = 1.0, chunk: int | None = None):
+    """log pi(target) from final hidden states: (B, T, H), (V, H), (B, T) -> (B, T) fp32.
+    The logits are made `chunk` positions at a time, so without grad (the reference, teacher, old and TIS
+    passes) the peak is two (chunk, V) fp32 tensors, logits and log-softmax, not two (B, T, V) ones: at
+    Qwen3's 151,936 tokens that is 1.2 GB instead of 77 GB for 8 x 8,448 positions (bench/logprobs.py).
+    With grad, autograd keeps each chunk's log-softmax, as the unchunked formula would. chunk: default
+    LOGP_CHUNK."""
+    chunk = chunk or LOGP_CHUNK
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1, 1)   # (B*T, H), (B*T, 1)
+    out = []
+    for i in range(0, h.shape[0], chunk):
+        logp_all = torch.log_softmax(_chunk_logits(h[i: i + chunk], weight, temperature), dim=-1)   # (N, V)
+        out.append(logp_all.gather(-1, t[i: i + chunk]).squeeze(-1))
+        del logp_all   # free before the next chunk is made
+    return torch.cat(out).view(targets.shape)
+
+
+@torch.no_grad()
+def token_logprobs_entropy(hidden, weight, targets, temperature: float = 1.0, chunk: int | None = None):
+    """token_logprobs and the policy's entropy at each position, (B, T) each, without grad and in chunks
+    (the Liger loss never makes full logits, so its entropy is computed here)."""
+    chunk = chunk or LOGP_CHUNK
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1, 1)
+    logp = torch.empty(t.shape[0], device=hidden.device)
+    entropy = torch.empty(t.shape[0], device=hidden.device)
+    for i in range(0, h.shape[0], chunk):
+        logp_all = torch.log_softmax(_chunk_logits(h[i: i + chunk], weight, temperature), dim=-1)   # (N, V)
+        logp[i: i + chunk] = logp_all.gather(-1, t[i: i + chunk]).squeeze(-1)
+        entropy[i: i + chunk] = -(logp_all.exp().mul_(logp_all)).sum(-1)
+        del logp_all
+    return logp.view(targets.shape), entropy.view(targets.shape)
 
 
 def teacher_advantage(teacher_logps: torch.Tensor, which: torch.Tensor, student_logp: torch.Tensor):
