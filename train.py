@@ -422,10 +422,12 @@ def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
 
 
 def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
-                      ref_logp=None, is_weight=None):
+                      ref_logp=None, is_weight=None, entropy=None):
     """The same loss through Liger's fused linear GRPO loss (chunked: never holds (B, T, V) logits).
     Liger normalises inside; we multiply its normaliser back so both return the same numerator.
-    Per-token advantages are not supported by Liger (it takes adv of shape (B,))."""
+    Per-token advantages are not supported by Liger (it takes adv of shape (B,)). Liger reports no entropy:
+    `entropy` (B, T) is the caller's, from a pass it made anyway (train_on's TIS pass); None: a chunked pass
+    here, without grad."""
     from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # tested with liger-kernel 0.8.5
     loss_type = {"token": "bnpo", "sequence": "grpo", "constant": "dr_grpo"}[cfg.loss_norm]
     fn = LigerFusedLinearGRPOLoss(beta=cfg.kl_coef, compiled=hidden.is_cuda, use_ref_model=ref_logp is not None,
@@ -437,7 +439,9 @@ def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     local_norm = n_tok if cfg.loss_norm == "token" else torch.tensor(float(mask.shape[0]))
     clip = metrics[-1] * n_tok  # Liger reports fractions of the tokens it saw
     kl = metrics[0] * n_tok if ref_logp is not None else torch.zeros(())
-    return loss * local_norm, {"clip_frac": clip.detach(), "entropy": torch.zeros(()), "kl": kl.detach()}
+    if entropy is None:
+        entropy = token_logprobs_entropy(hidden, weight, targets, cfg.temperature)[1]
+    return loss * local_norm, {"clip_frac": clip.detach(), "entropy": (entropy * mask).sum(), "kl": kl.detach()}
 
 
 # ----------------------------------------------------------------------------- batching
@@ -508,15 +512,18 @@ def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id:
             student = old if old is not None else token_logprobs(hidden.detach(), weight.detach(), targets, cfg.temperature)
             a = teacher_logp_advantage(teachers, chunk, ids, attn, targets, student, cfg, device) * mask
             totals["teacher_kl"] -= float((a * mask).sum()) * weight_scale
-        is_w = None
+        is_w = entropy = None
         if cfg.tis_cap > 0 and chunk[0].get("rollout_logp") is not None:
-            # truncated importance weight min(pi_trainer / pi_rollout, cap), from the pre-update log-probs
+            # truncated importance weight min(pi_trainer / pi_rollout, cap), from the pre-update log-probs; the
+            # same chunked pass gives the entropy that the Liger loss cannot report
             r_logp = torch.tensor([per_token(s["rollout_logp"], len(s["completion_ids"]), len(s["prompt_ids"]) - 1,
                                              mask.shape[1]) for s in chunk], device=device)
-            with torch.no_grad():
-                cur = old if old is not None else token_logprobs(hidden, weight, targets, cfg.temperature)
+            cur = old
+            if old is None:
+                cur, entropy = token_logprobs_entropy(hidden, weight, targets, cfg.temperature)
             is_w = torch.exp(cur - r_logp).clamp(max=cfg.tis_cap) * mask
-        loss, stats = loss_fn(hidden, weight, targets, mask, a, old, cfg, ref_logp=ref_logp, is_weight=is_w)
+        kw = {"entropy": entropy} if loss_fn is policy_loss_liger else {}   # the torch loss has the full logits
+        loss, stats = loss_fn(hidden, weight, targets, mask, a, old, cfg, ref_logp=ref_logp, is_weight=is_w, **kw)
         # FSDP averages gradients over ranks; multiplying by world size turns that into the sum the
         # batch-wide denominator expects, so N ranks give the single-process gradient.
         world = dist.get_world_size() if dist.is_initialized() else 1

@@ -144,13 +144,34 @@ def test_liger_matches_torch():
             w = weight0.clone().requires_grad_(True)
             loss, stats = fn(h, w, targets, mask, adv, old, c, ref_logp=ref, is_weight=isw)
             loss.backward()
-            grads.append((loss.detach(), h.grad, w.grad, stats["clip_frac"], stats["kl"]))
-        (l1, gh1, gw1, c1, k1), (l2, gh2, gw2, c2, k2) = grads
+            grads.append((loss.detach(), h.grad, w.grad, stats["clip_frac"], stats["kl"], stats["entropy"]))
+        (l1, gh1, gw1, c1, k1, e1), (l2, gh2, gw2, c2, k2, e2) = grads
         assert torch.allclose(l1, l2, atol=1e-5), norm
         assert torch.allclose(gh1, gh2, atol=1e-5), norm
         assert torch.allclose(gw1, gw2, atol=1e-5), norm
         assert c1.item() == pytest.approx(c2.item(), abs=1e-4)
         assert k1.item() == pytest.approx(k2.item(), abs=1e-4)
+        assert e1.item() > 1.0 and e2.item() == pytest.approx(e1.item(), rel=1e-5), norm   # Liger's entropy was 0
+
+
+@pytest.mark.parametrize("rollout_logp", [None, -1.0])
+def test_train_on_logs_the_same_entropy_on_the_liger_path(rollout_logp):
+    """The entropy metric from train_on with Liger (the GPU default) equals the plain-torch path's, with the TIS
+    pass (rollout log-probs: the entropy comes from that chunked pass) and without (Liger's loss makes its own)."""
+    pytest.importorskip("liger_kernel.chunked_loss")
+    samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2], "truncated": False,
+                "rollout_logp": None if rollout_logp is None else [rollout_logp] * 3},
+               {"prompt_ids": [5, 6], "completion_ids": [10, 11, 12, 2], "truncated": False,
+                "rollout_logp": None if rollout_logp is None else [rollout_logp] * 4}]
+    totals = []
+    for liger in (False, True):
+        net = model.load_model("tiny")
+        totals.append(train.train_on(net, samples, torch.tensor([1.0, -0.5]), cfg(liger=liger), 0, "cpu",
+                                     denom=2.0, n_micro=1))
+    assert totals[0]["tokens"] == totals[1]["tokens"] == 7
+    assert totals[0]["entropy"] / 7 > 5.0   # near log(1024) = 6.9 for the random-init tiny model
+    assert totals[1]["entropy"] == pytest.approx(totals[0]["entropy"], rel=1e-5)
+    assert totals[1]["loss"] == pytest.approx(totals[0]["loss"], rel=1e-4, abs=1e-6)
 
 
 # --- MT-OPD
