@@ -306,7 +306,8 @@ def rollout(policy, engine, tokenizer, rows: list[dict], cfg: Config, seed: int)
                                 add_special_tokens=False)["input_ids"] for r in rows]
         samples, stats = rollout_sglang.rollout_step(
             policy, engine, prompt_ids, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, stop_ids=[tokenizer.eos_token_id], tokenizer=tokenizer)
+            temperature=cfg.temperature, stop_ids=modeling.stop_token_ids(tokenizer, policy.generation_config),
+            tokenizer=tokenizer)
         return samples, stats["sync_s"]
     t0 = time.time()
     sync_weights(policy, engine)

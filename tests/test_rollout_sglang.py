@@ -5,6 +5,7 @@ step, the memory check, and the samples train.py consumes. The FSDP2 case runs a
 """
 
 import base64
+import copy
 import dataclasses
 import os
 import pickle
@@ -350,6 +351,34 @@ def test_rollout_logp_feeds_train_truncated_importance_weight(fake_sglang, monke
     assert mask.sum() == sum(len(s["completion_ids"]) for s in samples)
     torch.testing.assert_close(is_w, 2.0 * mask, atol=1e-5, rtol=0)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_hf_and_sglang_rollouts_stop_on_the_same_ids(monkeypatch):
+    """train.rollout gives SGLang the stop set HF generate uses: the tokenizer's eos and the generation config's
+    (Qwen3: <|im_end|> and <|endoftext|>, here ids 2 and 0 of the tiny tokenizer)."""
+    import train
+    net, tok = modeling.load_model("tiny"), modeling.load_tokenizer("tiny")
+    net.generation_config.eos_token_id = [EOS, 0]
+    rows = [{"prompt": [{"role": "user", "content": "1+1="}]}]
+    seen = {}
+
+    def fake_rollout_step(model, engine, prompt_ids, *, stop_ids, **kw):
+        seen["sglang"] = sorted(stop_ids)
+        return [], {"sync_s": 0.0}
+
+    monkeypatch.setattr(rs, "rollout_step", fake_rollout_step)
+    train.rollout(net, None, tok, rows, train.Config(domains=("math",), rollout="sglang", group_size=2), seed=0)
+    engine = copy.deepcopy(net).eval()
+    real = engine.generate
+
+    def spy(*a, generation_config, **kw):
+        seen["hf"] = sorted(generation_config.eos_token_id)
+        return real(*a, generation_config=generation_config, **kw)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    train.rollout(net, engine, tok, rows, train.Config(domains=("math",), group_size=2), seed=0)
+    assert seen == {"sglang": [0, EOS], "hf": [0, EOS]}
+    assert modeling.stop_token_ids(tok, net.generation_config) == [0, EOS]
 
 
 # ----------------------------------------------------------------------------- engine creation
