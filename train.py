@@ -270,7 +270,8 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
 
 def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """FSDP2: shard each decoder block, then the root (which holds the embedding, tied to lm_head).
-    The root keeps its parameters unsharded after forward, so the loss can use lm_head.weight directly."""
+    The root keeps its parameters unsharded after forward, so the loss can use lm_head.weight directly;
+    backward reshards them, and frozen_logprobs does for the frozen models."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     # HF returns a sliced (view) output with logits_to_keep; we never modify outputs in place.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -470,6 +471,18 @@ def final_hidden(model, ids, attn):
     return out.hidden_states[-1][:, :-1], model.lm_head.weight
 
 
+def frozen_logprobs(model, ids, attn, targets, temperature: float) -> torch.Tensor:
+    """Target log-probs (B, T) of a frozen model (the KL reference, an MT-OPD teacher), without grad.
+    Under FSDP2 the root keeps its parameters (the embedding, tied to lm_head, and the final norm) unsharded after
+    forward, for the loss to read lm_head.weight, and backward reshards them; a frozen model has no backward, so
+    they are resharded here, or every frozen model would hold them whole for the rest of the run."""
+    with torch.no_grad():
+        logp = token_logprobs(*final_hidden(model, ids, attn), targets, temperature)
+    if hasattr(model, "reshard"):   # an FSDP2 module
+        model.reshard()
+    return logp
+
+
 def per_token(values: list[float] | None, length: int, offset: int, L: int) -> list[float]:
     row = [0.0] * L
     if values is not None:
@@ -503,11 +516,7 @@ def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id:
         if old_logps is not None and weight_scale:
             old = old_logps[m * size: m * size + len(chunk)]
             old = torch.stack([torch.nn.functional.pad(o, (0, mask.shape[1] - o.shape[0])) for o in old])
-        ref_logp = None
-        if ref_model is not None:
-            with torch.no_grad():
-                h_ref, w_ref = final_hidden(ref_model, ids, attn)
-                ref_logp = token_logprobs(h_ref, w_ref, targets, cfg.temperature)
+        ref_logp = frozen_logprobs(ref_model, ids, attn, targets, cfg.temperature) if ref_model is not None else None
         hidden, weight = final_hidden(model, ids, attn)
         if teachers:
             student = old if old is not None else token_logprobs(hidden.detach(), weight.detach(), targets, cfg.temperature)
@@ -550,8 +559,7 @@ def teacher_logp_advantage(teachers: dict, chunk: list[dict], ids, attn, targets
         for i, name in enumerate(names):
             if present[i]:   # each teacher scores only its own domain's rows (one row when this rank has none)
                 rows = (which == i).nonzero().squeeze(1) if (which == i).any() else torch.zeros(1, dtype=torch.long, device=device)
-                logps[i, rows] = token_logprobs(*final_hidden(teachers[name], ids[rows], attn[rows]), targets[rows],
-                                                cfg.temperature)
+                logps[i, rows] = frozen_logprobs(teachers[name], ids[rows], attn[rows], targets[rows], cfg.temperature)
     return teacher_advantage(logps, which, student_logp)
 
 

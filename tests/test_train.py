@@ -152,6 +152,25 @@ def test_fsdp2_two_processes_match_one(tmp_path, norm, ckpt):
         torch.testing.assert_close(g2[k], g1[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_fsdp2_frozen_models_are_sharded_after_their_forward(tmp_path):
+    """The reference and teacher (no backward, so nothing else reshards them) hold no unsharded parameter once
+    a micro-batch has used them, and resharding between passes leaves their log-probs unchanged."""
+    out = tmp_path / "frozen.pt"
+    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_frozen.py", str(out)],
+            timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = torch.load(out)
+    assert got["ref"] == [] and got["teacher"] == [], (got["ref"], got["teacher"])
+    assert got["policy"] == []   # the trainable root is resharded by its backward
+    import model as modeling
+    from fsdp_grads import fixed_batch
+    samples, _ = fixed_batch(8, 1024)
+    ids, attn, targets, _ = train.pack(samples, 0, "cpu")
+    want = train.frozen_logprobs(modeling.load_model("tiny", seed=1).eval(), ids, attn, targets, 0.7)
+    for logp in got["ref_logp"]:
+        torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+
+
 # --- end to end
 
 def test_reward_rises_on_learnable_task(tmp_path):
