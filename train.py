@@ -289,11 +289,12 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def sync_weights(model: torch.nn.Module, engine) -> None:
     """Copy the trainer's (possibly sharded) weights into the rollout engine, one tensor at a time.
     HF backend: the engine is an unsharded copy of the model; each DTensor is all-gathered on its own,
-    so peak extra memory is one full tensor."""
+    so peak extra memory is one full tensor, and in the engine's dtype (bf16 on GPU: half the bytes of the
+    fp32 shards), since each shard is cast before the gather."""
     with torch.no_grad():
         for (name, p), (name_e, p_e) in zip(model.named_parameters(), engine.named_parameters()):
             assert name == name_e, f"engine parameter order differs: {name} vs {name_e}"
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            full = p.to(p_e.dtype).full_tensor() if hasattr(p, "full_tensor") else p
             p_e.copy_(full.to(p_e.dtype))
 
 

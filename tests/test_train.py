@@ -152,14 +152,20 @@ def test_fsdp2_two_processes_match_one(tmp_path, norm, ckpt):
         torch.testing.assert_close(g2[k], g1[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_fsdp2_frozen_models_are_sharded_after_their_forward(tmp_path):
-    """The reference and teacher (no backward, so nothing else reshards them) hold no unsharded parameter once
-    a micro-batch has used them, and resharding between passes leaves their log-probs unchanged."""
-    out = tmp_path / "frozen.pt"
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_frozen.py", str(out)],
+@pytest.fixture(scope="module")
+def fsdp_no_grad(tmp_path_factory):
+    """tests/fsdp_no_grad.py on two gloo processes, once for the tests below; rank 0's results."""
+    out = tmp_path_factory.mktemp("fsdp_no_grad") / "out.pt"
+    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_no_grad.py", str(out)],
             timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = torch.load(out)
+    return torch.load(out)
+
+
+def test_fsdp2_frozen_models_are_sharded_after_their_forward(fsdp_no_grad):
+    """The reference and teacher (no backward, so nothing else reshards them) hold no unsharded parameter once
+    a micro-batch has used them, and resharding between passes leaves their log-probs unchanged."""
+    got = fsdp_no_grad
     assert got["ref"] == [] and got["teacher"] == [], (got["ref"], got["teacher"])
     assert got["policy"] == []   # the trainable root is resharded by its backward
     import model as modeling
@@ -169,6 +175,18 @@ def test_fsdp2_frozen_models_are_sharded_after_their_forward(tmp_path):
     want = train.frozen_logprobs(modeling.load_model("tiny", seed=1).eval(), ids, attn, targets, 0.7)
     for logp in got["ref_logp"]:
         torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fsdp2_sync_into_a_bf16_engine_gathers_bf16_shards(fsdp_no_grad):
+    """HF rollouts on a GPU copy the fp32 master weights into a bf16 engine: each shard is cast before its
+    all-gather, so the gather moves bf16 (half the bytes), and the engine gets the weights rounded once."""
+    import model as modeling
+    ref = dict(modeling.load_model("tiny").named_parameters())
+    gathers = fsdp_no_grad["sync_gathers"]
+    assert {dtype for dtype, _ in gathers} == {torch.bfloat16}, gathers
+    assert len(gathers) == len(ref)   # one all-gather per parameter, of this rank's bf16 shard
+    for name, p in fsdp_no_grad["engine"].items():
+        assert torch.equal(p, ref[name].detach().to(torch.bfloat16)), name
 
 
 # --- end to end
