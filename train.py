@@ -146,6 +146,9 @@ class Config:
     """Optimizer steps per rollout batch; 1 is fully on-policy (the clip ratio is then exactly 1)."""
     micro_batch: int = 64
     """Sequences per forward/backward pass (gradient accumulation below that)."""
+    micro_batch_tokens: int = 0
+    """Cap on a micro-batch's padded tokens (sequences x longest); 0: none. With a cap, sequences are grouped
+    longest first, so a pass holds many short ones or a few long ones (see train.micro_batches)."""
     think: bool = True
     """Reward gate: a completion that opens <think> must close it; only the text after it is graded."""
     grader: Literal["lenient", "paper"] = "lenient"
@@ -190,8 +193,16 @@ class Config:
             raise ValueError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
 
 
+# Memory of the paper presets, Qwen3-4B on 8 x 80 GB (README "GPU memory" has every phase; GB = 1e9 bytes). Training,
+# per GPU: FSDP2's sharded fp32 weights, gradients and Adam states, 16 B x 4.02e9 / 8 = 8.0 GB; gathered bf16
+# weights, gradient buffers, Liger's weight gradient and CUDA contexts, about 8 GB. Activations: without checkpointing
+# a decoder layer keeps about 60k bf16 values per token (120 KB), 36 layers 4.3 MB per token, so the old micro-batch
+# of 8 x 8,448 tokens needed about 290 GB. With checkpointing a token keeps its 36 layer inputs (36 x 2,560 x 2 B =
+# 184 KB) plus one layer being recomputed (120 KB) and a few hidden-size gradients: about 0.33 MB. A cap of 65,536
+# padded tokens is then about 22 GB, and the chunked log-prob passes 1.2 GB: about 40 GB in all, half the GPU.
 _PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
-                micro_batch=8, save_every=50, steps=200, loss_norm="sequence", grader="paper")
+                micro_batch=64, micro_batch_tokens=65_536, activation_checkpointing=True, save_every=50, steps=200,
+                loss_norm="sequence", grader="paper")
 PRESETS = {
     "tiny": Config(),
     # The paper's GRPO settings for one expert (200 steps; 128 prompts x 16 rollouts); --model and --data must point
@@ -497,26 +508,26 @@ TOTALS = ("loss", "clip_frac", "entropy", "kl", "tokens", "teacher_kl")   # what
 def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id: int, device,
              denom: float, n_micro: int, ref_model=None, old_logps: list | None = None,
              teachers: dict | None = None) -> dict:
-    """Forward/backward over samples in n_micro micro-batches (every rank runs the same count, padding
-    with zero-weight passes, since FSDP's collectives must match); gradients accumulate.
+    """Forward/backward over samples in the micro-batches of `micro_batches`, then zero-weight passes up to
+    n_micro (every rank runs the same count, since FSDP's collectives must match); gradients accumulate.
     With teachers ({domain: model}) the per-token MT-OPD advantage replaces adv.
     Returns this rank's share of the loss, and stats numerators with the token count they divide by."""
     loss_fn = policy_loss_liger if cfg.liger and not teachers else policy_loss_torch  # Liger: adv per sequence only
     totals = dict.fromkeys(TOTALS, 0.0)
-    size = max(1, math.ceil(len(samples) / n_micro))
-    for m in range(n_micro):
-        chunk = samples[m * size: (m + 1) * size]
-        weight_scale = 1.0
+    plan = micro_batches(samples, cfg.micro_batch, cfg.micro_batch_tokens)
+    assert len(plan) <= n_micro, f"{len(plan)} micro-batches, but n_micro is {n_micro}"
+    for idx in plan + [[]] * (n_micro - len(plan)):
+        chunk, weight_scale = [samples[i] for i in idx], 1.0
         if not chunk:  # an empty pass that keeps collectives in step; contributes zero gradient
             chunk, weight_scale = samples[:1] or [_dummy_sample(pad_id)], 0.0
         ids, attn, targets, mask = pack(chunk, pad_id, device)
-        a = adv[m * size: m * size + len(chunk)].to(device) if weight_scale else torch.zeros(len(chunk), device=device)
+        a = adv[idx].to(device) if weight_scale else torch.zeros(len(chunk), device=device)
         if cfg.overlong_mask:
             mask = mask * torch.tensor([0.0 if s.get("truncated") else 1.0 for s in chunk], device=device)[:, None]
         old = None
         if old_logps is not None and weight_scale:
-            old = old_logps[m * size: m * size + len(chunk)]
-            old = torch.stack([torch.nn.functional.pad(o, (0, mask.shape[1] - o.shape[0])) for o in old])
+            old = torch.stack([torch.nn.functional.pad(old_logps[i], (0, mask.shape[1] - old_logps[i].shape[0]))
+                               for i in idx])
         ref_logp = frozen_logprobs(ref_model, ids, attn, targets, cfg.temperature) if ref_model is not None else None
         hidden, weight = final_hidden(model, ids, attn)
         if teachers:
@@ -544,6 +555,24 @@ def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id:
         for k, v in stats.items():
             totals[k] += float(v) * weight_scale
     return totals
+
+
+def micro_batches(samples: list[dict], max_seqs: int, max_tokens: int = 0) -> list[list[int]]:
+    """Indices of the samples in each micro-batch. Without a token cap: runs of max_seqs, in order. With one:
+    longest first, each micro-batch taking sequences while its padded size (sequences x its first, longest)
+    stays within max_tokens and its count within max_seqs; a sequence longer than the cap goes alone.
+    Activation memory follows the padded tokens, so the cap bounds it whatever the lengths; grouping by length
+    also cuts the padding."""
+    if not max_tokens:
+        return [list(range(i, min(i + max_seqs, len(samples)))) for i in range(0, len(samples), max_seqs)]
+    length = [len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples]
+    plan = []
+    for i in sorted(range(len(samples)), key=lambda i: -length[i]):   # stable: equal lengths keep their order
+        if plan and len(plan[-1]) < max_seqs and (len(plan[-1]) + 1) * length[plan[-1][0]] <= max_tokens:
+            plan[-1].append(i)
+        else:
+            plan.append([i])
+    return plan
 
 
 def teacher_logp_advantage(teachers: dict, chunk: list[dict], ids, attn, targets, student_logp, cfg: Config, device):
@@ -584,12 +613,12 @@ def update(policy, optimizer, samples: list[dict], adv: torch.Tensor, cfg: Confi
     parts = max(1, cfg.minibatches)
     per_part = math.ceil(len(samples) / parts) if samples else 0
     old_logps = None
-    if cfg.minibatches > 1 and samples:  # log-probs before any update, for the clip ratio
+    if cfg.minibatches > 1:  # log-probs before any update, for the clip ratio (a collective: every rank)
         old_logps = _logps(policy, samples, cfg, pad_id, device)
     totals, grad_norms, skipped = dict.fromkeys(TOTALS, 0.0), [], False
     for part in range(parts):
         sl = slice(part * per_part, (part + 1) * per_part)
-        n_micro = all_max(max(1, math.ceil(len(samples[sl]) / cfg.micro_batch)), device)
+        n_micro = all_max(max(1, len(micro_batches(samples[sl], cfg.micro_batch, cfg.micro_batch_tokens))), device)
         out = train_on(policy, samples[sl], adv[sl], cfg, pad_id, device, loss_denominator(samples[sl], cfg, device),
                        n_micro, ref_model, old_logps[sl] if old_logps is not None else None, teachers)
         for k in totals:
@@ -604,14 +633,17 @@ def update(policy, optimizer, samples: list[dict], adv: torch.Tensor, cfg: Confi
 
 
 def _logps(model, samples, cfg: Config, pad_id: int, device) -> list[torch.Tensor]:
-    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates."""
-    out = []
+    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates.
+    In the training passes' micro-batches; every rank runs as many forwards as the rank with the most."""
+    plan = micro_batches(samples, cfg.micro_batch, cfg.micro_batch_tokens)
+    out = [None] * len(samples)
     with torch.no_grad():
-        for i in range(0, len(samples), cfg.micro_batch):
-            chunk = samples[i: i + cfg.micro_batch]
+        for idx in plan + [[]] * (all_max(len(plan), device) - len(plan)):
+            chunk = [samples[i] for i in idx] or [_dummy_sample(pad_id)]   # an empty pass keeps FSDP in step
             ids, attn, targets, _ = pack(chunk, pad_id, device)
             lp = token_logprobs(*final_hidden(model, ids, attn), targets, cfg.temperature)
-            out += [lp[j, : len(s["prompt_ids"]) + len(s["completion_ids"]) - 1] for j, s in enumerate(chunk)]
+            for j, i in enumerate(idx):
+                out[i] = lp[j, : len(samples[i]["prompt_ids"]) + len(samples[i]["completion_ids"]) - 1]
     return out
 
 

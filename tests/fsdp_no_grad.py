@@ -4,7 +4,9 @@
   of their parameters are still unsharded (FSDP2 registers the unsharded tensors as the module's parameters,
   and DTensors again once resharded), and the reference's log-probs from two passes.
 - train.sync_weights into a bf16 HF engine (as on a GPU): the dtype and bytes of each all-gather, and the
-  engine's weights afterwards."""
+  engine's weights afterwards.
+- The old log-probs of a minibatch update when the ranks have different numbers of micro-batches (rank 0: 5
+  samples in 3, rank 1: 1 sample in 1); rank 0's."""
 
 import os
 import sys
@@ -62,6 +64,8 @@ def main(out: str) -> None:
         train.sync_weights(policy, engine)
     result["sync_gathers"] = rec.seen
     result["engine"] = {n: p.detach().clone() for n, p in engine.named_parameters()}
+    uneven = samples[:5] if rank == 0 else samples[5:6]
+    result["old_logps"] = train._logps(policy, uneven, train.Config(domains=("math",), micro_batch=2), 0, cpu)
     if rank == 0:
         torch.save(result, out)
     dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """train.py: command line, data order, FSDP2 equivalence, learning, resume after a kill."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -66,6 +67,60 @@ def test_paper_preset_and_override():
     assert train.cli(["--preset", "paper", "--grader", "lenient"]).grader == "lenient"
     with pytest.raises(SystemExit):
         train.cli(["--preset", "nope"])
+
+
+def _lengths(*lengths):
+    return [{"prompt_ids": [1] * 2, "completion_ids": [1] * (n - 2)} for n in lengths]
+
+
+@pytest.mark.parametrize("lengths,max_seqs,max_tokens,expect", [
+    ((5, 9, 3, 4, 8), 2, 0, [[0, 1], [2, 3], [4]]),            # no cap: runs of max_seqs, in order
+    ((5, 9, 3, 4, 8), 64, 18, [[1, 4], [0, 3, 2]]),            # longest first: 2 x 9 = 18, then 3 x 5 = 15
+    ((5, 9, 3, 4, 8), 2, 18, [[1, 4], [0, 3], [2]]),           # the count cap still applies
+    ((20, 5, 5), 64, 16, [[0], [1, 2]]),                       # longer than the cap: alone
+    ((6, 6, 6, 6), 64, 12, [[0, 1], [2, 3]]),                  # equal lengths keep their order
+    ((), 8, 100, []),
+])
+def test_micro_batches_cap_sequences_and_padded_tokens(lengths, max_seqs, max_tokens, expect):
+    plan = train.micro_batches(_lengths(*lengths), max_seqs, max_tokens)
+    assert plan == expect
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+
+
+@pytest.mark.parametrize("preset", list(PAPER_RUNS))
+def test_paper_presets_fit_an_80gb_gpu(preset):
+    """Activation checkpointing on and micro-batches capped at 65,536 padded tokens (train.py's estimate for
+    Qwen3-4B: about 40 GB per GPU in training; without them about 290 GB of activations per micro-batch). Every
+    micro-batch of a step of full-length completions stays under the cap."""
+    cfg = train.cli(["--preset", preset, "--domains", "math"])
+    assert cfg.activation_checkpointing and cfg.micro_batch_tokens == 65_536
+    full = _lengths(*[256 + cfg.max_new_tokens] * (cfg.prompts_per_step * cfg.group_size // 8))   # one GPU's share
+    plan = train.micro_batches(full, cfg.micro_batch, cfg.micro_batch_tokens)
+    assert max(len(b) for b in plan) * (256 + cfg.max_new_tokens) <= 65_536
+    assert len(plan) == math.ceil(len(full) / (65_536 // (256 + cfg.max_new_tokens)))
+
+
+def test_token_capped_micro_batches_give_the_same_gradient(monkeypatch):
+    """Grouping by length changes the passes, not the gradient: a cap of 8 padded tokens (4 passes, longest
+    first) gives the gradient of one pass over all five samples, and no pass is larger than the cap."""
+    import model as modeling
+    samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2]}, {"prompt_ids": [5, 6], "completion_ids": [10, 2]},
+               {"prompt_ids": [5], "completion_ids": [11, 12, 13, 14, 15, 2]}, {"prompt_ids": [7, 8], "completion_ids": [2]},
+               {"prompt_ids": [9], "completion_ids": [3, 2]}]   # lengths 6, 4, 7, 3, 3
+    adv = torch.tensor([1.0, -0.5, 0.3, -1.2, 0.4])
+    passes, real = [], train.pack
+    monkeypatch.setattr(train, "pack", lambda chunk, *a: (passes.append(
+        (len(chunk), max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in chunk))), real(chunk, *a))[1])
+    grads = []
+    for cap in (0, 8):
+        net = modeling.load_model("tiny")
+        cfg = train.Config(domains=("math",), micro_batch_tokens=cap, max_new_tokens=6)
+        train.train_on(net, samples, adv, cfg, 0, "cpu", denom=5.0,
+                       n_micro=len(train.micro_batches(samples, cfg.micro_batch, cap)))
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    assert passes == [(5, 7), (1, 7), (1, 6), (2, 4), (1, 3)]   # uncapped: one pass; capped: 7 | 6 | 4 3 | 3
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, msg=k)
 
 
 def test_weight_decay_spares_1d_parameters():
@@ -136,14 +191,15 @@ def test_batch_for_step_is_deterministic_and_follows_ratios():
 
 # --- FSDP2: two processes give the single-process gradient
 
-@pytest.mark.parametrize("norm,ckpt", [("token", ""), ("sequence", ""), ("sequence", "ckpt")])
-def test_fsdp2_two_processes_match_one(tmp_path, norm, ckpt):
-    """ckpt: activation checkpointing inside FSDP2's blocks (as --preset paper) gives the same gradients."""
+@pytest.mark.parametrize("norm,mode", [("token", ""), ("sequence", ""), ("sequence", "paper")])
+def test_fsdp2_two_processes_match_one(tmp_path, norm, mode):
+    """paper: activation checkpointing inside FSDP2's blocks and token-capped micro-batches (as --preset paper)
+    give the same gradients."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm, ckpt])
+    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm, mode])
     assert r.returncode == 0, r.stderr[-2000:]
     r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_grads.py",
-             str(two), norm, ckpt])
+             str(two), norm, mode])
     assert r.returncode == 0, r.stderr[-2000:]
     g1, g2 = torch.load(one), torch.load(two)
     assert g1.keys() == g2.keys() and len(g1) > 10
@@ -187,6 +243,21 @@ def test_fsdp2_sync_into_a_bf16_engine_gathers_bf16_shards(fsdp_no_grad):
     assert len(gathers) == len(ref)   # one all-gather per parameter, of this rank's bf16 shard
     for name, p in fsdp_no_grad["engine"].items():
         assert torch.equal(p, ref[name].detach().to(torch.bfloat16)), name
+
+
+def test_fsdp2_old_logprobs_with_unequal_micro_batch_counts(fsdp_no_grad):
+    """minibatches > 1: the old log-prob pass runs as many forwards on every rank (padding with empty ones), so a
+    rank with fewer micro-batches does not leave FSDP's all-gathers unmatched; rank 0's values are the
+    unsharded model's."""
+    import model as modeling
+    from fsdp_grads import fixed_batch
+    samples, _ = fixed_batch(8, 1024)
+    want = train._logps(modeling.load_model("tiny"), samples[:5], train.Config(domains=("math",), micro_batch=2), 0,
+                        "cpu")
+    got = fsdp_no_grad["old_logps"]
+    assert len(got) == 5
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
 # --- end to end
