@@ -193,13 +193,13 @@ class Config:
             raise ValueError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
 
 
-# Memory of the paper presets, Qwen3-4B on 8 x 80 GB (README "GPU memory" has every phase; GB = 1e9 bytes). Training,
-# per GPU: FSDP2's sharded fp32 weights, gradients and Adam states, 16 B x 4.02e9 / 8 = 8.0 GB; gathered bf16
-# weights, gradient buffers, Liger's weight gradient and CUDA contexts, about 8 GB. Activations: without checkpointing
-# a decoder layer keeps about 60k bf16 values per token (120 KB), 36 layers 4.3 MB per token, so the old micro-batch
-# of 8 x 8,448 tokens needed about 290 GB. With checkpointing a token keeps its 36 layer inputs (36 x 2,560 x 2 B =
-# 184 KB) plus one layer being recomputed (120 KB) and a few hidden-size gradients: about 0.33 MB. A cap of 65,536
-# padded tokens is then about 22 GB, and the chunked log-prob passes 1.2 GB: about 40 GB in all, half the GPU.
+# Memory of the paper presets, Qwen3-4B on 8 x 80 GB, per GPU in training (README "GPU memory" has each phase; GB =
+# 1e9 bytes): FSDP2's fp32 weight, gradient and Adam shards, 16 B x 4.02e9 / 8 = 8.0 GB; gathered bf16 weights,
+# gradient buffers, Liger's lm_head gradient and CUDA contexts, about 9 GB. Activations: without checkpointing a
+# decoder layer keeps about 59k bf16 values per token (120 KB), 36 layers 4.3 MB, so the old micro-batch of
+# 8 x 8,448 tokens needed about 290 GB. With checkpointing a token keeps its 36 layer inputs (36 x 2,560 x 2 B =
+# 184 KB) plus the layer being recomputed and its gradients (about 180 KB): about 0.38 MB. A cap of 65,536 padded
+# tokens is then about 25 GB, the chunked log-prob passes 1.2 GB: about 43 GB in all.
 _PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
                 micro_batch=64, micro_batch_tokens=65_536, activation_checkpointing=True, save_every=50, steps=200,
                 loss_norm="sequence", grader="paper")
