@@ -207,8 +207,9 @@ def test_teacher_equal_to_student_gives_zero_advantage():
 
 def test_activation_checkpointing_recomputes_and_leaves_gradients_unchanged():
     """train.enable_activation_checkpointing under the pinned transformers (5.19.0, sglang's pin, which has no
-    activation_checkpointing_enable): each decoder layer runs twice per micro-batch (forward, then the
-    recompute in backward), and the gradients are those of the plain model."""
+    activation_checkpointing_enable): a decoder layer's MLP runs twice per micro-batch (forward, then the
+    recompute in backward; counted on a submodule, since the layer's own hooks need not run again), and the
+    gradients are those of the plain model."""
     samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2]}, {"prompt_ids": [5, 6], "completion_ids": [10, 2]}]
     grads, calls = [], []
     for ckpt in (False, True):
@@ -217,7 +218,7 @@ def test_activation_checkpointing_recomputes_and_leaves_gradients_unchanged():
             train.enable_activation_checkpointing(net)
             assert net.is_gradient_checkpointing
         n = [0]
-        net.model.layers[0].register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+        net.model.layers[0].mlp.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
         train.train_on(net, samples, torch.tensor([1.0, -0.5]), cfg(), 0, "cpu", denom=5.0, n_micro=2)
         grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
         calls.append(n[0])
