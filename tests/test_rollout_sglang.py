@@ -430,7 +430,7 @@ def test_make_engine_under_torchrun_env(fake_sglang, monkeypatch, tmp_path):
 def fsdp_buckets(tmp_path_factory):
     """The FSDP2 worker below, run once on two gloo processes; its files, one per rank."""
     out = tmp_path_factory.mktemp("fsdp_buckets")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         os.path.join("tests", "test_rollout_sglang.py"), str(out)],
                        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                        timeout=300)

@@ -198,7 +198,7 @@ def test_fsdp2_two_processes_match_one(tmp_path, norm, mode):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm, mode])
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_grads.py",
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tests/fsdp_grads.py",
              str(two), norm, mode])
     assert r.returncode == 0, r.stderr[-2000:]
     g1, g2 = torch.load(one), torch.load(two)
@@ -212,7 +212,7 @@ def test_fsdp2_two_processes_match_one(tmp_path, norm, mode):
 def fsdp_no_grad(tmp_path_factory):
     """tests/fsdp_no_grad.py on two gloo processes, once for the tests below; rank 0's results."""
     out = tmp_path_factory.mktemp("fsdp_no_grad") / "out.pt"
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_no_grad.py", str(out)],
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tests/fsdp_no_grad.py", str(out)],
             timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return torch.load(out)
@@ -283,7 +283,7 @@ def test_reward_rises_on_learnable_task(tmp_path):
 
 
 def test_torchrun_two_processes_mixed_domains(tmp_path):
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
              "--domains", "math,code", "--mix", "uniform", "--steps", "2", "--prompts-per-step", "4", "--group-size", "4",
              "--out-dir", str(tmp_path)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
