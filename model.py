@@ -155,6 +155,16 @@ def _smollm2_dir() -> str:
 
 # ----------------------------------------------------------------------------- sampling
 
+def stop_token_ids(tokenizer, generation_config) -> list[int]:
+    """The ids that end a completion, for HF generate and SGLang alike (train.rollout gives both this list):
+    the tokenizer's eos and every eos the model's generation config names (Qwen3 stops on both <|im_end|> and
+    <|endoftext|>; with only the first, the tokens after an <|endoftext|> would be trained on)."""
+    model_eos = generation_config.eos_token_id
+    ids = {tokenizer.eos_token_id} | set(model_eos if isinstance(model_eos, list) else [model_eos])
+    ids.discard(None)
+    return sorted(ids)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> list[dict]:
@@ -172,11 +182,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1, max_new
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in rows], device=device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=device)
 
-    # Stop on the tokenizer's eos and on any the model's own generation config names (Qwen stops on both
-    # <|im_end|> and <|endoftext|>).
-    model_eos = model.generation_config.eos_token_id
-    stop_ids = {tokenizer.eos_token_id} | set(model_eos if isinstance(model_eos, list) else [model_eos])
-    stop_ids.discard(None)
+    stop_ids = set(stop_token_ids(tokenizer, model.generation_config))
     # A full config, so the model's own sampling defaults (top_k, repetition penalty...) do not leak in.
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, eos_token_id=sorted(stop_ids),
                            pad_token_id=pad_id, top_k=0 if temperature > 0 else None,

@@ -91,15 +91,16 @@ def gather_bucket(params: dict[str, torch.Tensor], names: list[str], dtype: torc
     """The full tensors of one bucket, cast to dtype and packed into one flat uint8 tensor.
 
     An FSDP2 parameter is a DTensor: full_tensor() all-gathers it (a collective: every rank calls this
-    with the same names in the same order). Each full tensor is copied into the bucket and dropped
-    before the next is gathered, so the extra memory is one bucket plus one full tensor."""
+    with the same names in the same order). The local shard is cast to dtype first, so a bf16 engine's
+    weights move as bf16, half the bytes of the fp32 master weights. Each full tensor is copied into the
+    bucket and dropped before the next is gathered, so the extra memory is one bucket plus one full tensor."""
     sizes = [torch.Size(params[n].shape).numel() * dtype.itemsize for n in names]
     device = params[names[0]].device
     flat = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
     slots, start = [], 0
     for name, size in zip(names, sizes):
         p = params[name].detach()
-        full = p.full_tensor() if hasattr(p, "full_tensor") else p
+        full = p.to(dtype).full_tensor() if hasattr(p, "full_tensor") else p
         # Offsets are sums of sizes in dtype's bytes, so every slot is aligned for the view.
         flat[start: start + size].view(dtype).copy_(full.reshape(-1))
         slots.append(Slot(hf_name(name), tuple(full.shape), dtype, start, start + size))

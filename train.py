@@ -146,6 +146,9 @@ class Config:
     """Optimizer steps per rollout batch; 1 is fully on-policy (the clip ratio is then exactly 1)."""
     micro_batch: int = 64
     """Sequences per forward/backward pass (gradient accumulation below that)."""
+    micro_batch_tokens: int = 0
+    """Cap on a micro-batch's padded tokens (sequences x longest); 0: none. With a cap, sequences are grouped
+    longest first, so a pass holds many short ones or a few long ones (see train.micro_batches)."""
     think: bool = True
     """Reward gate: a completion that opens <think> must close it; only the text after it is graded."""
     grader: Literal["lenient", "paper"] = "lenient"
@@ -190,8 +193,16 @@ class Config:
             raise ValueError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
 
 
+# Memory of the paper presets, Qwen3-4B on 8 x 80 GB, per GPU in training (README "GPU memory" has each phase; GB =
+# 1e9 bytes): FSDP2's fp32 weight, gradient and Adam shards, 16 B x 4.02e9 / 8 = 8.0 GB; gathered bf16 weights,
+# gradient buffers, Liger's lm_head gradient and CUDA contexts, about 9 GB. Activations: without checkpointing a
+# decoder layer keeps about 59k bf16 values per token (120 KB), 36 layers 4.3 MB, so the old micro-batch of
+# 8 x 8,448 tokens needed about 290 GB. With checkpointing a token keeps its 36 layer inputs (36 x 2,560 x 2 B =
+# 184 KB) plus the layer being recomputed and its gradients (about 180 KB): about 0.38 MB. A cap of 65,536 padded
+# tokens is then about 25 GB, the chunked log-prob passes 1.2 GB: about 43 GB in all.
 _PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
-                micro_batch=8, save_every=50, steps=200, loss_norm="sequence", grader="paper")
+                micro_batch=64, micro_batch_tokens=65_536, activation_checkpointing=True, save_every=50, steps=200,
+                loss_norm="sequence", grader="paper")
 PRESETS = {
     "tiny": Config(),
     # The paper's GRPO settings for one expert (200 steps; 128 prompts x 16 rollouts); --model and --data must point
@@ -250,9 +261,28 @@ def all_max(x: int, device) -> int:
     return int(t.item())
 
 
+def attention_implementation(device: torch.device) -> str:
+    """"flash_attention_2" when FlashAttention 2 itself is installed and the device is CUDA, else "sdpa".
+    Asked of transformers (tested with 5.19.0): sglang's dependencies install flash-attn-4, whose files live
+    under flash_attn/cute/ with no flash_attn/__init__.py, so `flash_attn` is found as a namespace package
+    that holds no FA2; transformers checks the distribution's name and version (flash-attn >= 2.3.3) and
+    would refuse that attention, then try to fetch a kernel from the Hub."""
+    from transformers.utils import is_flash_attn_2_available
+    return "flash_attention_2" if device.type == "cuda" and is_flash_attn_2_available() else "sdpa"
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward; only its input is kept in between.
+    Tested with transformers 5.19.0, the version sglang pins (requirements.txt): it has
+    gradient_checkpointing_enable only (activation_checkpointing_enable came later). Non-reentrant
+    checkpointing works with FSDP2's hooks, which run inside each checkpointed layer."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """FSDP2: shard each decoder block, then the root (which holds the embedding, tied to lm_head).
-    The root keeps its parameters unsharded after forward, so the loss can use lm_head.weight directly."""
+    The root keeps its parameters unsharded after forward, so the loss can use lm_head.weight directly;
+    backward reshards them, and frozen_logprobs does for the frozen models."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     # HF returns a sliced (view) output with logits_to_keep; we never modify outputs in place.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -270,11 +300,12 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def sync_weights(model: torch.nn.Module, engine) -> None:
     """Copy the trainer's (possibly sharded) weights into the rollout engine, one tensor at a time.
     HF backend: the engine is an unsharded copy of the model; each DTensor is all-gathered on its own,
-    so peak extra memory is one full tensor."""
+    so peak extra memory is one full tensor, and in the engine's dtype (bf16 on GPU: half the bytes of the
+    fp32 shards), since each shard is cast before the gather."""
     with torch.no_grad():
         for (name, p), (name_e, p_e) in zip(model.named_parameters(), engine.named_parameters()):
             assert name == name_e, f"engine parameter order differs: {name} vs {name_e}"
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            full = p.to(p_e.dtype).full_tensor() if hasattr(p, "full_tensor") else p
             p_e.copy_(full.to(p_e.dtype))
 
 
@@ -288,7 +319,8 @@ def rollout(policy, engine, tokenizer, rows: list[dict], cfg: Config, seed: int)
                                 add_special_tokens=False)["input_ids"] for r in rows]
         samples, stats = rollout_sglang.rollout_step(
             policy, engine, prompt_ids, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, stop_ids=[tokenizer.eos_token_id], tokenizer=tokenizer)
+            temperature=cfg.temperature, stop_ids=modeling.stop_token_ids(tokenizer, policy.generation_config),
+            tokenizer=tokenizer)
         return samples, stats["sync_s"]
     t0 = time.time()
     sync_weights(policy, engine)
@@ -311,10 +343,46 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = T
     return adv.reshape(-1)                                  # (P*G,)
 
 
-def token_logprobs(hidden, weight, targets, temperature: float = 1.0):
-    """log pi(target) from final hidden states: (B, T, H), (V, H), (B, T) -> (B, T)."""
-    logits = (hidden @ weight.T).float() / temperature      # (B, T, V)
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+LOGP_CHUNK = 1024   # positions per chunk of logits: (1024, 151,936) is 0.6 GB in fp32, and fills a GPU's matmul
+
+
+def _chunk_logits(h, weight, temperature: float):
+    """fp32 logits / temperature of a few positions: (N, H), (V, H) -> (N, V)."""
+    logits = (h @ weight.T).float()                         # (N, V)
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+def token_logprobs(hidden, weight, targets, temperature: float = 1.0, chunk: int | None = None):
+    """log pi(target) from final hidden states: (B, T, H), (V, H), (B, T) -> (B, T) fp32.
+    The logits are made `chunk` positions at a time, so without grad (the reference, teacher, old and TIS
+    passes) the peak is two (chunk, V) fp32 tensors, logits and log-softmax, not two (B, T, V) ones: at
+    Qwen3's 151,936 tokens that is 1.2 GB instead of 77 GB for 8 x 8,448 positions (bench/logprobs.py).
+    With grad, autograd keeps each chunk's log-softmax, as the unchunked formula would. chunk: default
+    LOGP_CHUNK."""
+    chunk = chunk or LOGP_CHUNK
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1, 1)   # (B*T, H), (B*T, 1)
+    out = []
+    for i in range(0, h.shape[0], chunk):
+        logp_all = torch.log_softmax(_chunk_logits(h[i: i + chunk], weight, temperature), dim=-1)   # (N, V)
+        out.append(logp_all.gather(-1, t[i: i + chunk]).squeeze(-1))
+        del logp_all   # free before the next chunk is made
+    return torch.cat(out).view(targets.shape)
+
+
+@torch.no_grad()
+def token_logprobs_entropy(hidden, weight, targets, temperature: float = 1.0, chunk: int | None = None):
+    """token_logprobs and the policy's entropy at each position, (B, T) each, without grad and in chunks
+    (the Liger loss never makes full logits, so its entropy is computed here)."""
+    chunk = chunk or LOGP_CHUNK
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1, 1)
+    logp = torch.empty(t.shape[0], device=hidden.device)
+    entropy = torch.empty(t.shape[0], device=hidden.device)
+    for i in range(0, h.shape[0], chunk):
+        logp_all = torch.log_softmax(_chunk_logits(h[i: i + chunk], weight, temperature), dim=-1)   # (N, V)
+        logp[i: i + chunk] = logp_all.gather(-1, t[i: i + chunk]).squeeze(-1)
+        entropy[i: i + chunk] = -(logp_all.exp().mul_(logp_all)).sum(-1)
+        del logp_all
+    return logp.view(targets.shape), entropy.view(targets.shape)
 
 
 def teacher_advantage(teacher_logps: torch.Tensor, which: torch.Tensor, student_logp: torch.Tensor):
@@ -368,10 +436,12 @@ def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
 
 
 def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
-                      ref_logp=None, is_weight=None):
+                      ref_logp=None, is_weight=None, entropy=None):
     """The same loss through Liger's fused linear GRPO loss (chunked: never holds (B, T, V) logits).
     Liger normalises inside; we multiply its normaliser back so both return the same numerator.
-    Per-token advantages are not supported by Liger (it takes adv of shape (B,))."""
+    Per-token advantages are not supported by Liger (it takes adv of shape (B,)). Liger reports no entropy:
+    `entropy` (B, T) is the caller's, from a pass it made anyway (train_on's TIS pass); None: a chunked pass
+    here, without grad."""
     from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # tested with liger-kernel 0.8.5
     loss_type = {"token": "bnpo", "sequence": "grpo", "constant": "dr_grpo"}[cfg.loss_norm]
     fn = LigerFusedLinearGRPOLoss(beta=cfg.kl_coef, compiled=hidden.is_cuda, use_ref_model=ref_logp is not None,
@@ -383,7 +453,9 @@ def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     local_norm = n_tok if cfg.loss_norm == "token" else torch.tensor(float(mask.shape[0]))
     clip = metrics[-1] * n_tok  # Liger reports fractions of the tokens it saw
     kl = metrics[0] * n_tok if ref_logp is not None else torch.zeros(())
-    return loss * local_norm, {"clip_frac": clip.detach(), "entropy": torch.zeros(()), "kl": kl.detach()}
+    if entropy is None:
+        entropy = token_logprobs_entropy(hidden, weight, targets, cfg.temperature)[1]
+    return loss * local_norm, {"clip_frac": clip.detach(), "entropy": (entropy * mask).sum(), "kl": kl.detach()}
 
 
 # ----------------------------------------------------------------------------- batching
@@ -411,6 +483,18 @@ def final_hidden(model, ids, attn):
     return out.hidden_states[-1][:, :-1], model.lm_head.weight
 
 
+def frozen_logprobs(model, ids, attn, targets, temperature: float) -> torch.Tensor:
+    """Target log-probs (B, T) of a frozen model (the KL reference, an MT-OPD teacher), without grad.
+    Under FSDP2 the root keeps its parameters (the embedding, tied to lm_head, and the final norm) unsharded after
+    forward, for the loss to read lm_head.weight, and backward reshards them; a frozen model has no backward, so
+    they are resharded here, or every frozen model would hold them whole for the rest of the run."""
+    with torch.no_grad():
+        logp = token_logprobs(*final_hidden(model, ids, attn), targets, temperature)
+    if hasattr(model, "reshard"):   # an FSDP2 module
+        model.reshard()
+    return logp
+
+
 def per_token(values: list[float] | None, length: int, offset: int, L: int) -> list[float]:
     row = [0.0] * L
     if values is not None:
@@ -424,45 +508,44 @@ TOTALS = ("loss", "clip_frac", "entropy", "kl", "tokens", "teacher_kl")   # what
 def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id: int, device,
              denom: float, n_micro: int, ref_model=None, old_logps: list | None = None,
              teachers: dict | None = None) -> dict:
-    """Forward/backward over samples in n_micro micro-batches (every rank runs the same count, padding
-    with zero-weight passes, since FSDP's collectives must match); gradients accumulate.
+    """Forward/backward over samples in the micro-batches of `micro_batches`, then zero-weight passes up to
+    n_micro (every rank runs the same count, since FSDP's collectives must match); gradients accumulate.
     With teachers ({domain: model}) the per-token MT-OPD advantage replaces adv.
     Returns this rank's share of the loss, and stats numerators with the token count they divide by."""
     loss_fn = policy_loss_liger if cfg.liger and not teachers else policy_loss_torch  # Liger: adv per sequence only
     totals = dict.fromkeys(TOTALS, 0.0)
-    size = max(1, math.ceil(len(samples) / n_micro))
-    for m in range(n_micro):
-        chunk = samples[m * size: (m + 1) * size]
-        weight_scale = 1.0
+    plan = micro_batches(samples, cfg.micro_batch, cfg.micro_batch_tokens)
+    assert len(plan) <= n_micro, f"{len(plan)} micro-batches, but n_micro is {n_micro}"
+    for idx in plan + [[]] * (n_micro - len(plan)):
+        chunk, weight_scale = [samples[i] for i in idx], 1.0
         if not chunk:  # an empty pass that keeps collectives in step; contributes zero gradient
             chunk, weight_scale = samples[:1] or [_dummy_sample(pad_id)], 0.0
         ids, attn, targets, mask = pack(chunk, pad_id, device)
-        a = adv[m * size: m * size + len(chunk)].to(device) if weight_scale else torch.zeros(len(chunk), device=device)
+        a = adv[idx].to(device) if weight_scale else torch.zeros(len(chunk), device=device)
         if cfg.overlong_mask:
             mask = mask * torch.tensor([0.0 if s.get("truncated") else 1.0 for s in chunk], device=device)[:, None]
         old = None
         if old_logps is not None and weight_scale:
-            old = old_logps[m * size: m * size + len(chunk)]
-            old = torch.stack([torch.nn.functional.pad(o, (0, mask.shape[1] - o.shape[0])) for o in old])
-        ref_logp = None
-        if ref_model is not None:
-            with torch.no_grad():
-                h_ref, w_ref = final_hidden(ref_model, ids, attn)
-                ref_logp = token_logprobs(h_ref, w_ref, targets, cfg.temperature)
+            old = torch.stack([torch.nn.functional.pad(old_logps[i], (0, mask.shape[1] - old_logps[i].shape[0]))
+                               for i in idx])
+        ref_logp = frozen_logprobs(ref_model, ids, attn, targets, cfg.temperature) if ref_model is not None else None
         hidden, weight = final_hidden(model, ids, attn)
         if teachers:
             student = old if old is not None else token_logprobs(hidden.detach(), weight.detach(), targets, cfg.temperature)
             a = teacher_logp_advantage(teachers, chunk, ids, attn, targets, student, cfg, device) * mask
             totals["teacher_kl"] -= float((a * mask).sum()) * weight_scale
-        is_w = None
+        is_w = entropy = None
         if cfg.tis_cap > 0 and chunk[0].get("rollout_logp") is not None:
-            # truncated importance weight min(pi_trainer / pi_rollout, cap), from the pre-update log-probs
+            # truncated importance weight min(pi_trainer / pi_rollout, cap), from the pre-update log-probs; the
+            # same chunked pass gives the entropy that the Liger loss cannot report
             r_logp = torch.tensor([per_token(s["rollout_logp"], len(s["completion_ids"]), len(s["prompt_ids"]) - 1,
                                              mask.shape[1]) for s in chunk], device=device)
-            with torch.no_grad():
-                cur = old if old is not None else token_logprobs(hidden, weight, targets, cfg.temperature)
+            cur = old
+            if old is None:
+                cur, entropy = token_logprobs_entropy(hidden, weight, targets, cfg.temperature)
             is_w = torch.exp(cur - r_logp).clamp(max=cfg.tis_cap) * mask
-        loss, stats = loss_fn(hidden, weight, targets, mask, a, old, cfg, ref_logp=ref_logp, is_weight=is_w)
+        kw = {"entropy": entropy} if loss_fn is policy_loss_liger else {}   # the torch loss has the full logits
+        loss, stats = loss_fn(hidden, weight, targets, mask, a, old, cfg, ref_logp=ref_logp, is_weight=is_w, **kw)
         # FSDP averages gradients over ranks; multiplying by world size turns that into the sum the
         # batch-wide denominator expects, so N ranks give the single-process gradient.
         world = dist.get_world_size() if dist.is_initialized() else 1
@@ -472,6 +555,24 @@ def train_on(model, samples: list[dict], adv: torch.Tensor, cfg: Config, pad_id:
         for k, v in stats.items():
             totals[k] += float(v) * weight_scale
     return totals
+
+
+def micro_batches(samples: list[dict], max_seqs: int, max_tokens: int = 0) -> list[list[int]]:
+    """Indices of the samples in each micro-batch. Without a token cap: runs of max_seqs, in order. With one:
+    longest first, each micro-batch taking sequences while its padded size (sequences x its first, longest)
+    stays within max_tokens and its count within max_seqs; a sequence longer than the cap goes alone.
+    Activation memory follows the padded tokens, so the cap bounds it whatever the lengths; grouping by length
+    also cuts the padding."""
+    if not max_tokens:
+        return [list(range(i, min(i + max_seqs, len(samples)))) for i in range(0, len(samples), max_seqs)]
+    length = [len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples]
+    plan = []
+    for i in sorted(range(len(samples)), key=lambda i: -length[i]):   # stable: equal lengths keep their order
+        if plan and len(plan[-1]) < max_seqs and (len(plan[-1]) + 1) * length[plan[-1][0]] <= max_tokens:
+            plan[-1].append(i)
+        else:
+            plan.append([i])
+    return plan
 
 
 def teacher_logp_advantage(teachers: dict, chunk: list[dict], ids, attn, targets, student_logp, cfg: Config, device):
@@ -488,8 +589,7 @@ def teacher_logp_advantage(teachers: dict, chunk: list[dict], ids, attn, targets
         for i, name in enumerate(names):
             if present[i]:   # each teacher scores only its own domain's rows (one row when this rank has none)
                 rows = (which == i).nonzero().squeeze(1) if (which == i).any() else torch.zeros(1, dtype=torch.long, device=device)
-                logps[i, rows] = token_logprobs(*final_hidden(teachers[name], ids[rows], attn[rows]), targets[rows],
-                                                cfg.temperature)
+                logps[i, rows] = frozen_logprobs(teachers[name], ids[rows], attn[rows], targets[rows], cfg.temperature)
     return teacher_advantage(logps, which, student_logp)
 
 
@@ -513,12 +613,12 @@ def update(policy, optimizer, samples: list[dict], adv: torch.Tensor, cfg: Confi
     parts = max(1, cfg.minibatches)
     per_part = math.ceil(len(samples) / parts) if samples else 0
     old_logps = None
-    if cfg.minibatches > 1 and samples:  # log-probs before any update, for the clip ratio
+    if cfg.minibatches > 1:  # log-probs before any update, for the clip ratio (a collective: every rank)
         old_logps = _logps(policy, samples, cfg, pad_id, device)
     totals, grad_norms, skipped = dict.fromkeys(TOTALS, 0.0), [], False
     for part in range(parts):
         sl = slice(part * per_part, (part + 1) * per_part)
-        n_micro = all_max(max(1, math.ceil(len(samples[sl]) / cfg.micro_batch)), device)
+        n_micro = all_max(max(1, len(micro_batches(samples[sl], cfg.micro_batch, cfg.micro_batch_tokens))), device)
         out = train_on(policy, samples[sl], adv[sl], cfg, pad_id, device, loss_denominator(samples[sl], cfg, device),
                        n_micro, ref_model, old_logps[sl] if old_logps is not None else None, teachers)
         for k in totals:
@@ -533,14 +633,17 @@ def update(policy, optimizer, samples: list[dict], adv: torch.Tensor, cfg: Confi
 
 
 def _logps(model, samples, cfg: Config, pad_id: int, device) -> list[torch.Tensor]:
-    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates."""
-    out = []
+    """Per-sample target log-probs (no grad), trimmed of padding: the 'old' policy for minibatch updates.
+    In the training passes' micro-batches; every rank runs as many forwards as the rank with the most."""
+    plan = micro_batches(samples, cfg.micro_batch, cfg.micro_batch_tokens)
+    out = [None] * len(samples)
     with torch.no_grad():
-        for i in range(0, len(samples), cfg.micro_batch):
-            chunk = samples[i: i + cfg.micro_batch]
+        for idx in plan + [[]] * (all_max(len(plan), device) - len(plan)):
+            chunk = [samples[i] for i in idx] or [_dummy_sample(pad_id)]   # an empty pass keeps FSDP in step
             ids, attn, targets, _ = pack(chunk, pad_id, device)
             lp = token_logprobs(*final_hidden(model, ids, attn), targets, cfg.temperature)
-            out += [lp[j, : len(s["prompt_ids"]) + len(s["completion_ids"]) - 1] for j, s in enumerate(chunk)]
+            for j, i in enumerate(idx):
+                out[i] = lp[j, : len(samples[i]["prompt_ids"]) + len(samples[i]["completion_ids"]) - 1]
     return out
 
 
@@ -646,7 +749,7 @@ def main(cfg: Config) -> None:
     torch.manual_seed(cfg.seed)
     attn = None
     if device.type == "cuda":
-        attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+        attn = attention_implementation(device)
         if cfg.liger:   # fused RMSNorm, SwiGLU and RoPE kernels, patched into the HF Qwen3 classes
             from liger_kernel.transformers import apply_liger_kernel_to_qwen3
             apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
@@ -669,7 +772,7 @@ def main(cfg: Config) -> None:
                 for d, p in teacher_paths(cfg.teachers).items()}
     policy.to(device).train()
     if cfg.activation_checkpointing:
-        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(policy)
     if distributed:
         policy = shard(policy, device)
         ref_model = shard(ref_model, device) if ref_model is not None else None

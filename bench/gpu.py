@@ -27,7 +27,6 @@ the slowest GPU's. Printed (and written as JSON with --out):
 
 import contextlib
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -83,7 +82,8 @@ class Config:
     liger: bool = True
     """Liger kernels: Qwen3 RMSNorm/SwiGLU/RoPE and the fused linear GRPO loss (needs liger-kernel)."""
     attn: Literal["auto", "flash_attention_2", "sdpa"] = "auto"
-    """Trainer attention: auto is flash_attention_2 when flash-attn is installed, else sdpa."""
+    """Trainer attention: auto is flash_attention_2 when FlashAttention 2 is installed (not sglang's
+    flash-attn-4; train.attention_implementation), else sdpa."""
     grad_ckpt: bool = False
     """Activation checkpointing in the trainer."""
     peak_tflops: float = 989.0
@@ -235,8 +235,7 @@ def main(cfg: Config) -> dict:
             raise SystemExit(f"--liger needs liger-kernel (requirements-gpu.txt), or pass --no-liger ({e})")
         apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
-    attn = cfg.attn if cfg.attn != "auto" else \
-        ("flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa")
+    attn = cfg.attn if cfg.attn != "auto" else train.attention_implementation(device)
     policy = build_model(cfg.model, attn, cfg.seed)
     config = policy.config
     n_params = sum(p.numel() for p in policy.parameters())
@@ -258,7 +257,7 @@ def main(cfg: Config) -> dict:
             engine.to(torch.bfloat16)
     policy.to(device).train()
     if cfg.grad_ckpt:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        train.enable_activation_checkpointing(policy)
     policy = train.shard(policy, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     tcfg = train.Config(domains=("math",), group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens,

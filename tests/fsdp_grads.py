@@ -1,6 +1,8 @@
 """Gradients of one GRPO micro-batched backward pass, written to a file; run both as
-`python tests/fsdp_grads.py OUT NORM` (one process, no sharding) and
-`torchrun --nproc_per_node 2 tests/fsdp_grads.py OUT NORM` (FSDP2 over gloo). test_train.py compares them."""
+`python tests/fsdp_grads.py OUT NORM [paper]` (one process, no sharding) and
+`torchrun --nproc_per_node 2 tests/fsdp_grads.py OUT NORM [paper]` (FSDP2 over gloo). test_train.py compares them.
+paper: activation checkpointing and micro-batches capped by padded tokens, as --preset paper (the ranks then
+run different numbers of real micro-batches)."""
 
 import os
 import sys
@@ -24,21 +26,24 @@ def fixed_batch(n: int, vocab: int):
     return samples, adv
 
 
-def main(out: str, norm: str) -> None:
+def main(out: str, norm: str, paper: bool = False) -> None:
     distributed = "RANK" in os.environ
     if distributed:
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     torch.manual_seed(0)
     model = modeling.load_model("tiny")
-    cfg = train.Config(domains=("math",), micro_batch=2, loss_norm=norm, max_new_tokens=4)
+    cfg = train.Config(domains=("math",), micro_batch=2, loss_norm=norm, max_new_tokens=4,
+                       micro_batch_tokens=12 if paper else 0)
     samples, adv = fixed_batch(7, model.config.vocab_size)  # 7: ranks get unequal shares (4 and 3)
+    if paper:
+        train.enable_activation_checkpointing(model)
     if distributed:
         model = train.shard(model, torch.device("cpu"))
     local = list(range(rank, len(samples), world))
     mine = [samples[i] for i in local]
     denom = train.loss_denominator(mine, cfg, "cpu")
-    n_micro = train.all_max(-(-len(mine) // cfg.micro_batch), "cpu")
+    n_micro = train.all_max(len(train.micro_batches(mine, cfg.micro_batch, cfg.micro_batch_tokens)), "cpu")
     train.train_on(model, mine, adv[local], cfg, 0, "cpu", denom, n_micro)
     grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
              for n, p in model.named_parameters()}
@@ -49,4 +54,4 @@ def main(out: str, norm: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], paper=sys.argv[3:] == ["paper"])

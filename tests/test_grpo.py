@@ -144,13 +144,34 @@ def test_liger_matches_torch():
             w = weight0.clone().requires_grad_(True)
             loss, stats = fn(h, w, targets, mask, adv, old, c, ref_logp=ref, is_weight=isw)
             loss.backward()
-            grads.append((loss.detach(), h.grad, w.grad, stats["clip_frac"], stats["kl"]))
-        (l1, gh1, gw1, c1, k1), (l2, gh2, gw2, c2, k2) = grads
+            grads.append((loss.detach(), h.grad, w.grad, stats["clip_frac"], stats["kl"], stats["entropy"]))
+        (l1, gh1, gw1, c1, k1, e1), (l2, gh2, gw2, c2, k2, e2) = grads
         assert torch.allclose(l1, l2, atol=1e-5), norm
         assert torch.allclose(gh1, gh2, atol=1e-5), norm
         assert torch.allclose(gw1, gw2, atol=1e-5), norm
         assert c1.item() == pytest.approx(c2.item(), abs=1e-4)
         assert k1.item() == pytest.approx(k2.item(), abs=1e-4)
+        assert e1.item() > 1.0 and e2.item() == pytest.approx(e1.item(), rel=1e-5), norm   # Liger's entropy was 0
+
+
+@pytest.mark.parametrize("rollout_logp", [None, -1.0])
+def test_train_on_logs_the_same_entropy_on_the_liger_path(rollout_logp):
+    """The entropy metric from train_on with Liger (the GPU default) equals the plain-torch path's, with the TIS
+    pass (rollout log-probs: the entropy comes from that chunked pass) and without (Liger's loss makes its own)."""
+    pytest.importorskip("liger_kernel.chunked_loss")
+    samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2], "truncated": False,
+                "rollout_logp": None if rollout_logp is None else [rollout_logp] * 3},
+               {"prompt_ids": [5, 6], "completion_ids": [10, 11, 12, 2], "truncated": False,
+                "rollout_logp": None if rollout_logp is None else [rollout_logp] * 4}]
+    totals = []
+    for liger in (False, True):
+        net = model.load_model("tiny")
+        totals.append(train.train_on(net, samples, torch.tensor([1.0, -0.5]), cfg(liger=liger), 0, "cpu",
+                                     denom=2.0, n_micro=1))
+    assert totals[0]["tokens"] == totals[1]["tokens"] == 7
+    assert totals[0]["entropy"] / 7 > 5.0   # near log(1024) = 6.9 for the random-init tiny model
+    assert totals[1]["entropy"] == pytest.approx(totals[0]["entropy"], rel=1e-5)
+    assert totals[1]["loss"] == pytest.approx(totals[0]["loss"], rel=1e-4, abs=1e-6)
 
 
 # --- MT-OPD
@@ -184,17 +205,88 @@ def test_teacher_equal_to_student_gives_zero_advantage():
     assert (mixed[1] * mask[1]).abs().sum() > 0.01
 
 
-def test_activation_checkpointing_leaves_gradients_unchanged():
+def test_activation_checkpointing_recomputes_and_leaves_gradients_unchanged():
+    """train.enable_activation_checkpointing under the pinned transformers (5.19.0, sglang's pin, which has no
+    activation_checkpointing_enable): a decoder layer's MLP runs twice per micro-batch (forward, then the
+    recompute in backward; counted on a submodule, since the layer's own hooks need not run again), and the
+    gradients are those of the plain model."""
     samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2]}, {"prompt_ids": [5, 6], "completion_ids": [10, 2]}]
-    grads = []
+    grads, calls = [], []
     for ckpt in (False, True):
         net = model.load_model("tiny").train()
         if ckpt:
-            net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            assert net.is_activation_checkpointing
+            train.enable_activation_checkpointing(net)
+            assert net.is_gradient_checkpointing
+        n = [0]
+        net.model.layers[0].mlp.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
         train.train_on(net, samples, torch.tensor([1.0, -0.5]), cfg(), 0, "cpu", denom=5.0, n_micro=2)
-        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+        calls.append(n[0])
+    assert calls == [2, 4]   # two micro-batches; with checkpointing each forward is run again in backward
     assert grads[0].keys() == grads[1].keys()
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
-        assert grads[0][n].abs().max() > 0, n
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, msg=k)
+        assert grads[0][k].abs().max() > 0, k
+
+
+# --- log-prob passes without grad: chunked, never the full (B, T, V) logits
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 24, 1000])
+def test_chunked_token_logprobs_match_the_one_shot_formula(chunk):
+    torch.manual_seed(0)
+    B, T, H, V = 3, 8, 6, 50
+    hidden, weight = torch.randn(B, T, H, requires_grad=True), torch.randn(V, H)
+    targets = torch.randint(0, V, (B, T))
+    one_shot = torch.log_softmax((hidden @ weight.T) / 0.7, -1).gather(-1, targets[..., None])[..., 0]
+    lp = token_logprobs(hidden, weight, targets, 0.7, chunk=chunk)
+    torch.testing.assert_close(lp, one_shot, atol=1e-6, rtol=1e-6)
+    (g_chunked,) = torch.autograd.grad(lp.sum(), hidden)   # the plain-torch uses still get their gradient
+    (g_one,) = torch.autograd.grad(one_shot.sum(), hidden)
+    torch.testing.assert_close(g_chunked, g_one, atol=1e-6, rtol=1e-5)
+    lp2, ent = train.token_logprobs_entropy(hidden, weight, targets, 0.7, chunk=chunk)
+    torch.testing.assert_close(lp2, one_shot.detach(), atol=1e-6, rtol=1e-6)
+    p = torch.softmax((hidden @ weight.T) / 0.7, -1)
+    torch.testing.assert_close(ent, -(p * p.log()).sum(-1).detach(), atol=1e-5, rtol=1e-5)
+
+
+class _LargestNoGradTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any op makes while grad is off (the reference, teacher, old and TIS passes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = (0, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not torch.is_grad_enabled():
+            inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                      if isinstance(a, torch.Tensor)}
+            for t in torch.utils._pytree.tree_leaves(out):
+                # new memory only: a view (expand, transpose...) shares its input's storage
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs \
+                        and t.numel() > self.largest[0]:
+                    self.largest = (t.numel(), f"{func}: {tuple(t.shape)}")
+        return out
+
+
+def test_no_grad_logprob_passes_never_make_the_full_logits(monkeypatch):
+    """With a reference model (KL), rollout log-probs (the TIS weight), minibatch old log-probs and an MT-OPD
+    teacher, no op without grad allocates more than LOGP_CHUNK x V elements; the one-shot formula made
+    B x T x V (here 4 x 40 x 1024, against 64 x 1024). Liger's own chunks are one sequence (40 x 1024), and it
+    allocates a weight-sized gradient (1024 x 64), which sets the smallest chunk this test can use."""
+    pytest.importorskip("liger_kernel.chunked_loss")
+    monkeypatch.setattr(train, "LOGP_CHUNK", 64, raising=False)
+    policy, ref = model.load_model("tiny"), model.load_model("tiny", seed=1).eval().requires_grad_(False)
+    V = policy.config.vocab_size
+    samples = [{"prompt_ids": list(range(5 + i, 15 + i)), "completion_ids": list(range(20, 50)) + [2],
+                "truncated": False, "rollout_logp": [-1.0] * 31, "domain": "math"} for i in range(4)]
+    c = cfg(liger=True, kl_coef=0.1, tis_cap=2.0, max_new_tokens=31)
+    rec = _LargestNoGradTensor()
+    with rec:
+        train.train_on(policy, samples, torch.tensor([1.0, -1.0, 0.5, -0.5]), c, 0, "cpu", denom=4.0, n_micro=1,
+                       ref_model=ref)
+        old = train._logps(policy, samples, c, 0, "cpu")
+        ids, attn, targets, _ = pack(samples, 0, "cpu")
+        train.teacher_logp_advantage({"math": ref}, samples, ids, attn, targets, torch.zeros(targets.shape), c, "cpu")
+    assert len(old) == 4 and targets.shape == (4, 40)
+    assert rec.largest[0] <= 64 * V, rec.largest

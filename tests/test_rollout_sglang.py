@@ -5,6 +5,7 @@ step, the memory check, and the samples train.py consumes. The FSDP2 case runs a
 """
 
 import base64
+import copy
 import dataclasses
 import os
 import pickle
@@ -352,6 +353,34 @@ def test_rollout_logp_feeds_train_truncated_importance_weight(fake_sglang, monke
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+def test_hf_and_sglang_rollouts_stop_on_the_same_ids(monkeypatch):
+    """train.rollout gives SGLang the stop set HF generate uses: the tokenizer's eos and the generation config's
+    (Qwen3: <|im_end|> and <|endoftext|>, here ids 2 and 0 of the tiny tokenizer)."""
+    import train
+    net, tok = modeling.load_model("tiny"), modeling.load_tokenizer("tiny")
+    net.generation_config.eos_token_id = [EOS, 0]
+    rows = [{"prompt": [{"role": "user", "content": "1+1="}]}]
+    seen = {}
+
+    def fake_rollout_step(model, engine, prompt_ids, *, stop_ids, **kw):
+        seen["sglang"] = sorted(stop_ids)
+        return [], {"sync_s": 0.0}
+
+    monkeypatch.setattr(rs, "rollout_step", fake_rollout_step)
+    train.rollout(net, None, tok, rows, train.Config(domains=("math",), rollout="sglang", group_size=2), seed=0)
+    engine = copy.deepcopy(net).eval()
+    real = engine.generate
+
+    def spy(*a, generation_config, **kw):
+        seen["hf"] = sorted(generation_config.eos_token_id)
+        return real(*a, generation_config=generation_config, **kw)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    train.rollout(net, engine, tok, rows, train.Config(domains=("math",), group_size=2), seed=0)
+    assert seen == {"sglang": [0, EOS], "hf": [0, EOS]}
+    assert modeling.stop_token_ids(tok, net.generation_config) == [0, EOS]
+
+
 # ----------------------------------------------------------------------------- engine creation
 
 def test_engine_kwargs_per_rank():
@@ -397,21 +426,65 @@ def test_make_engine_under_torchrun_env(fake_sglang, monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- FSDP2, two processes
 
-def test_fsdp2_buckets_rebuild_the_full_weights(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        os.path.join("tests", "test_rollout_sglang.py"), str(tmp_path)],
+@pytest.fixture(scope="module")
+def fsdp_buckets(tmp_path_factory):
+    """The FSDP2 worker below, run once on two gloo processes; its files, one per rank."""
+    out = tmp_path_factory.mktemp("fsdp_buckets")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        os.path.join("tests", "test_rollout_sglang.py"), str(out)],
                        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    return [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
+
+
+def test_fsdp2_buckets_rebuild_the_full_weights(fsdp_buckets):
     ref = dict(modeling.load_model("tiny").named_parameters())
-    for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, got in enumerate(fsdp_buckets):
         assert got["architecture"] == "Qwen3ForCausalLM"
         assert got["sharded"]   # the test ran on DTensors, not plain tensors
         assert got["n_buckets"] > 3
         assert list(got["weights"]) == list(ref)
         for name, t in got["weights"].items():
             assert torch.equal(t, ref[name].detach()), (rank, name)
+
+
+def test_fsdp2_bf16_buckets_gather_bf16_shards(fsdp_buckets):
+    """Sent as bf16 (the engine's dtype on a GPU), each fp32 shard is cast before its all-gather, which then
+    moves half the bytes; the weights that arrive are the fp32 ones rounded once to bf16."""
+    ref = dict(modeling.load_model("tiny").named_parameters())
+    fp32_bytes = sum(p.numel() * 4 for p in ref.values())
+    for rank, got in enumerate(fsdp_buckets):
+        assert {dtype for dtype, _ in got["gathers_fp32"]} == {torch.float32}
+        assert {dtype for dtype, _ in got["gathers_bf16"]} == {torch.bfloat16}, (rank, got["gathers_bf16"])
+        # each rank puts in its own shard: the two ranks' inputs add up to the model
+        assert sum(b for _, b in got["gathers_bf16"]) * 2 == sum(b for _, b in got["gathers_fp32"])
+        for name, t in got["weights_bf16"].items():
+            assert t.dtype == torch.bfloat16 and torch.equal(t, ref[name].detach().to(torch.bfloat16)), (rank, name)
+    assert sum(b for got in fsdp_buckets for _, b in got["gathers_fp32"]) == fp32_bytes
+
+
+class GatherRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """dtype and bytes of the input of every all-gather (how DTensor.full_tensor moves an FSDP2 shard)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops._c10d_functional.all_gather_into_tensor.default:
+            self.seen.append((args[0].dtype, args[0].numel() * args[0].element_size()))
+        return func(*args, **(kwargs or {}))
+
+
+def _read_buckets(net, dtype):
+    weights, n_buckets, rec = {}, 0, GatherRecorder()
+    with rec:
+        for flat, slots in rs.iter_buckets(net, 40_000, dtype):   # the 256 KiB embedding goes alone
+            n_buckets += 1
+            for s in slots:   # read back as the receiver does
+                weights[s.name] = flat[s.start: s.end].view(s.dtype).reshape(s.shape).clone()
+    return weights, n_buckets, rec.seen
 
 
 def _fsdp_worker(out_dir: str) -> None:
@@ -421,13 +494,11 @@ def _fsdp_worker(out_dir: str) -> None:
     rank = dist.get_rank()
     net = train.shard(modeling.load_model("tiny"), torch.device("cpu"))
     sharded = all(hasattr(p, "full_tensor") for p in net.parameters())
-    weights, n_buckets = {}, 0
-    for flat, slots in rs.iter_buckets(net, 40_000, torch.float32):   # the 256 KiB embedding goes alone
-        n_buckets += 1
-        for s in slots:   # read back as the receiver does
-            weights[s.name] = flat[s.start: s.end].view(s.dtype).reshape(s.shape).clone()
-    torch.save({"weights": weights, "n_buckets": n_buckets, "sharded": sharded,
-                "architecture": rs.architecture(net)}, os.path.join(out_dir, f"rank{rank}.pt"))
+    weights, n_buckets, gathers_fp32 = _read_buckets(net, torch.float32)
+    weights_bf16, _, gathers_bf16 = _read_buckets(net, torch.bfloat16)
+    torch.save({"weights": weights, "n_buckets": n_buckets, "sharded": sharded, "architecture": rs.architecture(net),
+                "gathers_fp32": gathers_fp32, "weights_bf16": weights_bf16, "gathers_bf16": gathers_bf16},
+               os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 

@@ -1,6 +1,7 @@
 """train.py: command line, data order, FSDP2 equivalence, learning, resume after a kill."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run(args, **kw):
-    return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
+def run(args, env=ENV, **kw):
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
 def metrics(run_dir):
@@ -60,12 +61,66 @@ def test_paper_presets_are_the_papers(preset):
 def test_paper_preset_and_override():
     cfg = train.cli(["--preset", "paper", "--lr", "1e-6", "--domains", "math"])
     assert (cfg.prompts_per_step, cfg.group_size, cfg.lr, cfg.steps) == (128, 16, 1e-6, 200)
-        assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
+    assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
     assert cfg.grader == "paper" and train.cli(["--preset", "paper-opd"]).grader == "paper"
     assert train.cli(["--domains", "math"]).grader == "lenient"          # the tiny model's learning signal
     assert train.cli(["--preset", "paper", "--grader", "lenient"]).grader == "lenient"
     with pytest.raises(SystemExit):
         train.cli(["--preset", "nope"])
+
+
+def _lengths(*lengths):
+    return [{"prompt_ids": [1] * 2, "completion_ids": [1] * (n - 2)} for n in lengths]
+
+
+@pytest.mark.parametrize("lengths,max_seqs,max_tokens,expect", [
+    ((5, 9, 3, 4, 8), 2, 0, [[0, 1], [2, 3], [4]]),            # no cap: runs of max_seqs, in order
+    ((5, 9, 3, 4, 8), 64, 18, [[1, 4], [0, 3, 2]]),            # longest first: 2 x 9 = 18, then 3 x 5 = 15
+    ((5, 9, 3, 4, 8), 2, 18, [[1, 4], [0, 3], [2]]),           # the count cap still applies
+    ((20, 5, 5), 64, 16, [[0], [1, 2]]),                       # longer than the cap: alone
+    ((6, 6, 6, 6), 64, 12, [[0, 1], [2, 3]]),                  # equal lengths keep their order
+    ((), 8, 100, []),
+])
+def test_micro_batches_cap_sequences_and_padded_tokens(lengths, max_seqs, max_tokens, expect):
+    plan = train.micro_batches(_lengths(*lengths), max_seqs, max_tokens)
+    assert plan == expect
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+
+
+@pytest.mark.parametrize("preset", list(PAPER_RUNS))
+def test_paper_presets_fit_an_80gb_gpu(preset):
+    """Activation checkpointing on and micro-batches capped at 65,536 padded tokens (train.py's estimate for
+    Qwen3-4B: about 40 GB per GPU in training; without them about 290 GB of activations per micro-batch). Every
+    micro-batch of a step of full-length completions stays under the cap."""
+    cfg = train.cli(["--preset", preset, "--domains", "math"])
+    assert cfg.activation_checkpointing and cfg.micro_batch_tokens == 65_536
+    full = _lengths(*[256 + cfg.max_new_tokens] * (cfg.prompts_per_step * cfg.group_size // 8))   # one GPU's share
+    plan = train.micro_batches(full, cfg.micro_batch, cfg.micro_batch_tokens)
+    assert max(len(b) for b in plan) * (256 + cfg.max_new_tokens) <= 65_536
+    assert len(plan) == math.ceil(len(full) / (65_536 // (256 + cfg.max_new_tokens)))
+
+
+def test_token_capped_micro_batches_give_the_same_gradient(monkeypatch):
+    """Grouping by length changes the passes, not the gradient: a cap of 8 padded tokens (4 passes, longest
+    first) gives the gradient of one pass over all five samples, and no pass is larger than the cap."""
+    import model as modeling
+    samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 2]}, {"prompt_ids": [5, 6], "completion_ids": [10, 2]},
+               {"prompt_ids": [5], "completion_ids": [11, 12, 13, 14, 15, 2]}, {"prompt_ids": [7, 8], "completion_ids": [2]},
+               {"prompt_ids": [9], "completion_ids": [3, 2]}]   # lengths 6, 4, 7, 3, 3
+    adv = torch.tensor([1.0, -0.5, 0.3, -1.2, 0.4])
+    passes, real = [], train.pack
+    monkeypatch.setattr(train, "pack", lambda chunk, *a: (passes.append(
+        (len(chunk), max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in chunk))), real(chunk, *a))[1])
+    grads = []
+    for cap in (0, 8):
+        net = modeling.load_model("tiny")
+        cfg = train.Config(domains=("math",), micro_batch_tokens=cap, max_new_tokens=6)
+        train.train_on(net, samples, adv, cfg, 0, "cpu", denom=5.0,
+                       n_micro=len(train.micro_batches(samples, cfg.micro_batch, cap)))
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    assert passes == [(5, 7), (1, 7), (1, 6), (2, 4), (1, 3)]   # uncapped: one pass; capped: 7 | 6 | 4 3 | 3
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, msg=k)
 
 
 def test_weight_decay_spares_1d_parameters():
@@ -136,19 +191,73 @@ def test_batch_for_step_is_deterministic_and_follows_ratios():
 
 # --- FSDP2: two processes give the single-process gradient
 
-@pytest.mark.parametrize("norm", ["token", "sequence"])
-def test_fsdp2_two_processes_match_one(tmp_path, norm):
+@pytest.mark.parametrize("norm,mode", [("token", ""), ("sequence", ""), ("sequence", "paper")])
+def test_fsdp2_two_processes_match_one(tmp_path, norm, mode):
+    """paper: activation checkpointing inside FSDP2's blocks and token-capped micro-batches (as --preset paper)
+    give the same gradients."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm])
+    r = run([sys.executable, "tests/fsdp_grads.py", str(one), norm, mode])
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/fsdp_grads.py",
-             str(two), norm])
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tests/fsdp_grads.py",
+             str(two), norm, mode])
     assert r.returncode == 0, r.stderr[-2000:]
     g1, g2 = torch.load(one), torch.load(two)
     assert g1.keys() == g2.keys() and len(g1) > 10
     for k in g1:
         assert g1[k].abs().max() > 0, k
         torch.testing.assert_close(g2[k], g1[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.fixture(scope="module")
+def fsdp_no_grad(tmp_path_factory):
+    """tests/fsdp_no_grad.py on two gloo processes, once for the tests below; rank 0's results."""
+    out = tmp_path_factory.mktemp("fsdp_no_grad") / "out.pt"
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tests/fsdp_no_grad.py", str(out)],
+            timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(out)
+
+
+def test_fsdp2_frozen_models_are_sharded_after_their_forward(fsdp_no_grad):
+    """The reference and teacher (no backward, so nothing else reshards them) hold no unsharded parameter once
+    a micro-batch has used them, and resharding between passes leaves their log-probs unchanged."""
+    got = fsdp_no_grad
+    assert got["ref"] == [] and got["teacher"] == [], (got["ref"], got["teacher"])
+    assert got["policy"] == []   # the trainable root is resharded by its backward
+    import model as modeling
+    from fsdp_grads import fixed_batch
+    samples, _ = fixed_batch(8, 1024)
+    ids, attn, targets, _ = train.pack(samples, 0, "cpu")
+    want = train.frozen_logprobs(modeling.load_model("tiny", seed=1).eval(), ids, attn, targets, 0.7)
+    for logp in got["ref_logp"]:
+        torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fsdp2_sync_into_a_bf16_engine_gathers_bf16_shards(fsdp_no_grad):
+    """HF rollouts on a GPU copy the fp32 master weights into a bf16 engine: each shard is cast before its
+    all-gather, so the gather moves bf16 (half the bytes), and the engine gets the weights rounded once."""
+    import model as modeling
+    ref = dict(modeling.load_model("tiny").named_parameters())
+    gathers = fsdp_no_grad["sync_gathers"]
+    assert {dtype for dtype, _ in gathers} == {torch.bfloat16}, gathers
+    assert len(gathers) == len(ref)   # one all-gather per parameter, of this rank's bf16 shard
+    for name, p in fsdp_no_grad["engine"].items():
+        assert torch.equal(p, ref[name].detach().to(torch.bfloat16)), name
+
+
+def test_fsdp2_old_logprobs_with_unequal_micro_batch_counts(fsdp_no_grad):
+    """minibatches > 1: the old log-prob pass runs as many forwards on every rank (padding with empty ones), so a
+    rank with fewer micro-batches does not leave FSDP's all-gathers unmatched; rank 0's values are the
+    unsharded model's."""
+    import model as modeling
+    from fsdp_grads import fixed_batch
+    samples, _ = fixed_batch(8, 1024)
+    want = train._logps(modeling.load_model("tiny"), samples[:5], train.Config(domains=("math",), micro_batch=2), 0,
+                        "cpu")
+    got = fsdp_no_grad["old_logps"]
+    assert len(got) == 5
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
 # --- end to end
@@ -174,7 +283,7 @@ def test_reward_rises_on_learnable_task(tmp_path):
 
 
 def test_torchrun_two_processes_mixed_domains(tmp_path):
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
              "--domains", "math,code", "--mix", "uniform", "--steps", "2", "--prompts-per-step", "4", "--group-size", "4",
              "--out-dir", str(tmp_path)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -216,6 +325,55 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     wb = load_file(out_b / "r" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+def _fake_dist(site, dist_name: str, version: str, files: dict[str, str]) -> None:
+    """An installed distribution as importlib.metadata and transformers see it: its files and a dist-info."""
+    for path, text in files.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(text)
+    info = site / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in files))
+
+
+@pytest.mark.parametrize("installed,expect", [
+    ("flash-attn-4", "sdpa"),               # sglang's dependency: a flash_attn namespace package, no FA2
+    ("flash-attn", "flash_attention_2"),    # FlashAttention 2 itself
+    ("both", "flash_attention_2"),          # FA2 installed over flash-attn-4 (requirements-gpu.txt's order)
+])
+def test_attention_implementation_wants_flash_attention_2_itself(tmp_path, installed, expect):
+    """Run in a fresh interpreter with a fake site directory and CUDA reported present, as on a GPU node.
+    (Without CUDA, or with no flash_attn at all, the answer is sdpa: the last assert.)"""
+    fa2 = {"flash_attn/__init__.py": "__version__ = '2.8.3.post2'\n"}
+    fa4 = {"flash_attn/cute/__init__.py": "", "flash_attn/cute/interface.py": ""}
+    if installed in ("flash-attn-4", "both"):
+        _fake_dist(tmp_path, "flash-attn-4", "4.0.0b40", fa4)
+    if installed in ("flash-attn", "both"):
+        _fake_dist(tmp_path, "flash-attn", "2.8.3.post2", fa2)
+    code = ("import torch; torch.cuda.is_available = lambda: True\n"
+            "import importlib.util, train\n"
+            "print(importlib.util.find_spec('flash_attn') is not None, train.attention_implementation(torch.device('cuda')))")
+    r = run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["True", expect]   # a bare find_spec('flash_attn') cannot tell FA4 from FA2
+    assert train.attention_implementation(torch.device("cpu")) == "sdpa"
+
+
+def test_activation_checkpointing_flag_trains_under_the_pinned_transformers(tmp_path, monkeypatch):
+    """--activation-checkpointing (on in the paper presets) with transformers 5.19.0, sglang's pin: a step runs
+    and every decoder layer of the policy is checkpointed."""
+    seen = []
+    real = train.enable_activation_checkpointing
+    monkeypatch.setattr(train, "enable_activation_checkpointing", lambda m: (real(m), seen.append(m)))
+    cfg = train.Config(domains=("math",), steps=1, prompts_per_step=2, group_size=2, activation_checkpointing=True,
+                       out_dir=str(tmp_path), save_every=100)
+    train.main(cfg)
+    assert [x["step"] for x in metrics(tmp_path / "math")] == [1]
+    (policy,) = seen
+    assert policy.is_gradient_checkpointing
+    assert all(layer.gradient_checkpointing for layer in policy.model.layers)
 
 
 def test_bad_data_path_fails_before_work(tmp_path):
