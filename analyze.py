@@ -57,7 +57,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -66,22 +66,7 @@ from tqdm import tqdm
 
 import data
 import verifiers
-
-
-class UserError(Exception):
-    """A mistake in the request (a path, a name, a value), not a bug: main() prints it as one line. Not a
-    ValueError, which tyro would catch in a config's __post_init__ and print as a box."""
-
-
-def _split_commas(args: list[str]) -> list[str]:
-    # tyro would keep `--models a=x,b=y` as the one string "a=x,b=y"; take commas and spaces alike,
-    # as train.py --domains and merge.py --models do.
-    return [s for a in args for s in a.split(",") if s]
-
-
-Names = Annotated[list[str], tyro.constructors.PrimitiveConstructorSpec(
-    nargs="*", metavar="A[,B...]", instance_from_str=_split_commas, is_instance=lambda x: isinstance(x, list),
-    str_from_instance=lambda x: [",".join(x)])]
+from cli import Names, UserError, looks_local  # noqa: F401  (tests and report.py use analyze.UserError)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,13 +95,6 @@ def parse_named(specs: list[str], what: str = "model") -> dict[str, str]:
             raise UserError(f"{what} name {name!r} given twice ({named[name]!r} and {path!r}); use name=path")
         named[name] = path
     return named
-
-
-def looks_local(spec: str) -> bool:
-    """A model spec meant as a path on this machine: it starts with '.', '/' or '~', names an existing path,
-    or its first folder exists here (out/math when ./out exists). Such a spec is never sent to the HF hub."""
-    parts = Path(spec).parts
-    return spec.startswith((".", "/", "~")) or os.path.exists(spec) or (len(parts) > 1 and os.path.isdir(parts[0]))
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -162,7 +140,7 @@ def load_named(name: str, spec: str, device: str, tokenizer: bool = True):
     import model
     try:
         return model.load_tokenizer(spec) if tokenizer else None, load_policy(spec, device)
-    except OSError as e:   # transformers reports a missing hub model as OSError (FileNotFoundError included)
+    except (OSError, UserError) as e:   # transformers: OSError for a missing hub model; model.py: UserError
         raise UserError(f"model {name!r}: cannot load {spec!r}: {first_line(e)}") from None
 
 
@@ -315,7 +293,7 @@ def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None
 
 def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens: int, temperature: float,
                   top_p: float, batch_size: int, seed: int, think: bool, workers: int, bar=None,
-                  grader: str = "lenient") -> list[dict]:
+                  grader: str = "paper") -> list[dict]:
     """k samples per row, each graded by its domain's verifier -> one {"id", "domain", "rewards", "lengths",
     "truncated", "errors"} per row."""
     import model
@@ -377,9 +355,9 @@ class EvalConfig:
     """Prompts per generate call (each sampled k times)."""
     think: bool = True
     """Grade only the text after </think> (a <think> left open scores 0); see verifiers/."""
-    grader: Literal["lenient", "paper"] = "lenient"
-    """"paper": the paper's graders (boxed math, "Answer: X", 20 code tests, 0 without </think>);
-    "lenient": the project's, which the tiny model is trained with (see verifiers/)."""
+    grader: Literal["lenient", "paper"] = "paper"
+    """"paper": the paper's graders (boxed math, "Answer: X", 20 code tests, 0 without </think>), as train.py's
+    default; "lenient": also unboxed answers and no reasoning block (see verifiers/)."""
     workers: int = 4
     """Parallel verifier processes (code runs programs)."""
     seed: int = 0
@@ -1159,7 +1137,14 @@ class ReportConfig:
     merged: Names = field(default_factory=list)
     """name=path merged models; default: the folders holding merge_report.json. One runs folder only."""
     compute: bool = True
-    """Run eval / weights / kl / consistency with their default settings when their JSON is missing."""
+    """Run eval / weights / kl / consistency when their JSON is missing: their default settings, but for the
+    three below and the runs' completion budget."""
+    eval_problems: int = 32
+    """Problems per benchmark of the eval it computes."""
+    eval_k: int = 4
+    """Samples per problem of the eval it computes."""
+    kl_problems: int = 16
+    """Prompts per domain of the KL matrix it computes."""
     n_boot: int = 1000
     """Bootstrap resamples of the problems behind every 95% interval."""
     seed: int = 0

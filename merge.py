@@ -1,5 +1,6 @@
 """Merge domain experts fine-tuned from one base checkpoint into one model, streaming tensor by tensor on CPU.
 
+    python merge.py --method dare        # the single-domain runs under out/ against their common base: out/merge-dare
     python merge.py --method dare --base out/sft --models out/math,out/code,out/science,out/if --out out/merged-dare
     python merge.py --method ties --base out/sft --models out/math,out/code,out/science,out/if --out out/merged-ties
     python merge.py --config merge.yaml                  # the same fields as YAML/JSON keys; flags override the file
@@ -79,10 +80,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Literal
 
-import torch
 import tyro
-import yaml
-from tqdm import tqdm
+
+from cli import UserError, run
 
 # --------------------------------------------------------------------------------------------------------------------
 # Config
@@ -132,12 +132,15 @@ class Config:
     """YAML or JSON file whose keys are any of these fields (models may also be a list of {path, weight});
     flags given on the command line override it. Relative paths are relative to the working directory."""
     base: str = ""
-    """Directory of the common starting checkpoint (required): task vectors are taken against it, and its config,
-    tokenizer and generation config are copied to the output."""
+    """Directory of the common starting checkpoint: task vectors are taken against it, and its config, tokenizer
+    and generation config are copied to the output. Empty: the step-0 checkpoint of the runs found in --runs."""
     models: PathList = field(default_factory=list)
-    """Expert directories, comma separated (required): --models out/math,out/code,out/science,out/if."""
+    """Expert directories, comma separated: --models out/math,out/code,out/science,out/if. Empty: every
+    single-domain train.py run in --runs (one per domain, all from the same starting model)."""
+    runs: str = "out"
+    """Where to find the experts and their base when --models or --base is not given."""
     out: str = ""
-    """Output directory (required). It must not exist unless --overwrite."""
+    """Output directory; it must not exist unless --overwrite. Empty: <runs>/merge-<method>."""
     overwrite: bool = False
     """Replace --out if it exists (only after the new merge is complete)."""
 
@@ -209,6 +212,7 @@ def load_config_file(path: str) -> dict:
     """Read a YAML/JSON merge config into Config keyword arguments, naming the file and key on any error."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist")
+    import yaml
     with open(path) as f:
         data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
     if not isinstance(data, dict):
@@ -278,13 +282,39 @@ def cli(args: list[str] | None = None) -> Config:
     return tyro.cli(Config, args=args, default=default)
 
 
+def find_experts(runs: str) -> tuple[str, list[str]]:
+    """The single-domain train.py runs in `runs` (train_config.json with one domain and no teachers), one per
+    domain, and their common base: the step-0 checkpoint they all start from (checked byte for byte)."""
+    found = {}
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        path = os.path.join(runs, name, "train_config.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            run_cfg = json.load(f)
+        if len(run_cfg.get("domains", [])) == 1 and not run_cfg.get("teachers") and \
+                os.path.exists(os.path.join(runs, name, "run.json")):
+            found.setdefault(run_cfg["domains"][0], []).append(os.path.join(runs, name))
+    if not found:
+        raise UserError(f"no finished single-domain runs in {runs}/ to merge; train the experts first, e.g. "
+                        "python train.py --domains math (and code, science, if), or give --base and --models")
+    twice = {d: p for d, p in found.items() if len(p) > 1}
+    if twice:
+        raise UserError(f"several runs of one domain in {runs}/ ({'; '.join(', '.join(p) for p in twice.values())}); "
+                        "say which with --models")
+    models = [p[0] for p in found.values()]
+    bases = [os.path.join(m, "checkpoints", "step_000000") for m in models]
+    missing = [b for b in bases if not os.path.exists(os.path.join(b, "model.safetensors"))]
+    if missing:
+        raise UserError(f"no step-0 checkpoint in {', '.join(missing)}; give the base with --base")
+    digests = {sha256_file(os.path.join(b, "model.safetensors")) for b in bases}
+    if len(digests) > 1:
+        raise UserError(f"the runs in {runs}/ start from different models ({', '.join(models)}); give --base and --models")
+    return bases[0], models
+
+
 def check_config(cfg: Config) -> list[float]:
     """Reject bad settings with a message naming the flag; return the per-model weights."""
-    for name in ("base", "out"):
-        if not getattr(cfg, name):
-            raise ValueError(f"--{name} is required")
-    if not cfg.models:
-        raise ValueError("--models is required: one or more expert directories, comma separated")
     for name, hint in typing.get_type_hints(Config).items():   # a YAML file can hold any string
         if typing.get_origin(hint) is Literal and getattr(cfg, name) not in typing.get_args(hint):
             raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(cfg, name)!r}; choose one of "
@@ -317,6 +347,16 @@ def check_config(cfg: Config) -> list[float]:
         if os.path.abspath(p) == out:
             raise ValueError(f"--out {cfg.out} is also an input; choose another directory")
     return list(cfg.weights) if cfg.weights else [1.0] * len(cfg.models)
+
+
+if __name__ == "__main__":   # parse first: --help and a bad flag answer before torch loads
+    try:
+        CFG = cli()
+    except (ValueError, FileNotFoundError) as e:   # a bad --config file, named with its key
+        sys.exit(f"merge.py: error: {e}")
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -916,13 +956,22 @@ def sha256_file(path: str) -> str:
 def main(cfg: Config) -> dict:
     """Run the merge described by cfg; return the report that is also written to <out>/merge_report.json."""
     t_start = time.time()
-    weights = check_config(cfg)
-    out_dir = os.path.abspath(cfg.out)
-    if os.path.exists(out_dir) and not cfg.overwrite:
-        raise FileExistsError(f"--out {cfg.out} exists; pass --overwrite to replace it")
-    base = Checkpoint(cfg.base, f"the base ({cfg.base})", cfg.reader)
-    experts = [Checkpoint(p, f"model {i} ({p})", cfg.reader) for i, p in enumerate(cfg.models)]
-    check_compatible(base, experts)
+    if not cfg.base or not cfg.models:
+        base, models = find_experts(cfg.runs)
+        cfg = dataclasses.replace(cfg, base=cfg.base or base, models=cfg.models or models)
+        print(f"merging the {len(cfg.models)} single-domain runs in {cfg.runs}/ ({', '.join(cfg.models)}) against "
+              f"their common base {cfg.base}")
+    cfg = dataclasses.replace(cfg, out=cfg.out or os.path.join(cfg.runs, f"merge-{cfg.method}"))
+    try:   # these only check the request (flags, folders, checkpoint headers): their errors are the user's
+        weights = check_config(cfg)
+        out_dir = os.path.abspath(cfg.out)
+        if os.path.exists(out_dir) and not cfg.overwrite:
+            raise UserError(f"--out {cfg.out} exists; pass --overwrite to replace it")
+        base = Checkpoint(cfg.base, f"the base ({cfg.base})", cfg.reader)
+        experts = [Checkpoint(p, f"model {i} ({p})", cfg.reader) for i, p in enumerate(cfg.models)]
+        check_compatible(base, experts)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
     print(json.dumps(asdict(cfg)), flush=True)
 
     hasher = ThreadPoolExecutor(max_workers=1)  # sha256 releases the GIL: hashing overlaps the merge
@@ -1050,4 +1099,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli())
+    run(main, CFG, "merge.py")

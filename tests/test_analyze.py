@@ -391,7 +391,7 @@ def tiny_dirs(tmp_path_factory):
     tok = model.load_tokenizer("tiny")
     dirs = {}
     for name, seed in (("s0", 0), ("s1", 1), ("s2", 2)):
-        model.save_pretrained(model.load_model("tiny", seed=seed), tok, str(tmp / name))
+        model.save_pretrained(model.load_model("tiny-init", seed=seed), tok, str(tmp / name))
         dirs[name] = str(tmp / name)
     return dirs
 
@@ -421,7 +421,7 @@ def reference_kl(p_model, q_model, trajs):
 
 
 def test_kl_identical_models_is_zero():
-    p, q = model.load_model("tiny", seed=0), model.load_model("tiny", seed=0)
+    p, q = model.load_model("tiny-init", seed=0), model.load_model("tiny-init", seed=0)
     trajs, pad = sample_trajs(p)
     kl = analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4)
     assert kl["kl_pq"] == pytest.approx(0, abs=1e-7) and kl["kl_qp"] == pytest.approx(0, abs=1e-7)
@@ -429,7 +429,7 @@ def test_kl_identical_models_is_zero():
 
 
 def test_kl_matches_unbatched_reference():
-    p, q = model.load_model("tiny", seed=0), model.load_model("tiny", seed=1)
+    p, q = model.load_model("tiny-init", seed=0), model.load_model("tiny-init", seed=1)
     trajs, pad = sample_trajs(p)
     assert len({len(a) + len(b) for a, b in trajs}) > 1   # padding is exercised
     kl = analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4, time_chunk=5)
@@ -440,7 +440,7 @@ def test_kl_matches_unbatched_reference():
 
 
 def test_kl_with_the_expert_cached_gives_the_same_numbers():
-    p, q, r = (model.load_model("tiny", seed=s) for s in (0, 1, 2))
+    p, q, r = (model.load_model("tiny-init", seed=s) for s in (0, 1, 2))
     trajs, pad = sample_trajs(p)
     cache = {}
     first = analyze.teacher_forced_kl(p, q, trajs, pad_id=pad, batch_size=4, time_chunk=5, p_cache=cache)
@@ -540,7 +540,7 @@ def test_eval_constructed_completions(tmp_path, monkeypatch):
         out = []
         for p in prompts:
             for j in range(n):
-                text = f"The answer is \\boxed{{{answer_of[json.dumps(p)]}}}." if j == 0 else "I do not know."
+                text = f"<think>so</think>\\boxed{{{answer_of[json.dumps(p)]}}}" if j == 0 else "<think>hm</think>no idea"
                 out.append({"prompt_ids": [1], "completion_ids": [5, 2], "text": text, "truncated": False})
         return out
 

@@ -577,34 +577,34 @@ def assert_fails_cleanly(ckpts, tmp_path, exc, match, **kw):
 def test_shape_mismatch_names_tensor_and_model(ckpts, tmp_path):
     name = "model.layers.1.mlp.up_proj.weight"
     bad = variant(ckpts, tmp_path, "bad_shape", edit=lambda sd: {**sd, name: sd[name][:-1]})
-    assert_fails_cleanly(ckpts, tmp_path, ValueError, rf"tensor {name} has shape \[63, 32\] in model 1 \(.*bad_shape",
+    assert_fails_cleanly(ckpts, tmp_path, merge.UserError, rf"tensor {name} has shape \[63, 32\] in model 1 \(.*bad_shape",
                          models=[ckpts["experts"][0], bad])
 
 
 def test_name_mismatch_names_tensor(ckpts, tmp_path):
     old, new = "model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.qnorm.weight"
     bad = variant(ckpts, tmp_path, "bad_name", edit=lambda sd: {(new if k == old else k): v for k, v in sd.items()})
-    assert_fails_cleanly(ckpts, tmp_path, ValueError, rf"tensor {old} of the base .* is missing from model 0",
+    assert_fails_cleanly(ckpts, tmp_path, merge.UserError, rf"tensor {old} of the base .* is missing from model 0",
                          models=[bad])
 
 
 def test_tied_vs_untied_embeddings(ckpts, tmp_path):
     untied = variant(ckpts, tmp_path, "untied", tie=False,
                      edit=lambda sd: {**sd, "lm_head.weight": sd["model.embed_tokens.weight"].clone()})
-    assert_fails_cleanly(ckpts, tmp_path, ValueError, "tied embeddings differ", models=[untied])
+    assert_fails_cleanly(ckpts, tmp_path, merge.UserError, "tied embeddings differ", models=[untied])
 
 
 def test_architecture_mismatch(ckpts, tmp_path):
     bad = variant(ckpts, tmp_path, "llama", config_edit=lambda c: c.update(architectures=["LlamaForCausalLM"]))
-    assert_fails_cleanly(ckpts, tmp_path, ValueError, "architectures", models=[ckpts["experts"][0], bad])
+    assert_fails_cleanly(ckpts, tmp_path, merge.UserError, "architectures", models=[ckpts["experts"][0], bad])
 
 
 def test_missing_inputs(ckpts, tmp_path):
-    assert_fails_cleanly(ckpts, tmp_path, FileNotFoundError, "nowhere.* does not exist",
+    assert_fails_cleanly(ckpts, tmp_path, merge.UserError, "nowhere.* does not exist",
                          models=[str(tmp_path / "nowhere")])
     os.makedirs(tmp_path / "no_weights")
     shutil.copy(os.path.join(ckpts["base"], "config.json"), tmp_path / "no_weights")
-    assert_fails_cleanly(ckpts, tmp_path, FileNotFoundError, "no model.safetensors",
+    assert_fails_cleanly(ckpts, tmp_path, merge.UserError, "no model.safetensors",
                          models=[str(tmp_path / "no_weights")])
 
 
@@ -614,7 +614,7 @@ def test_bad_settings(ckpts, tmp_path):
                       (dict(method="sce", weights=[1.0, 1.0, 1.0]), "drop --weights"),
                       (dict(della_density=0.1, della_epsilon=0.2), "DELLA"),
                       (dict(method="ties", sign_tie="majorty"), "--sign-tie 'majorty'; choose one of majority, plus")]:
-        assert_fails_cleanly(ckpts, tmp_path, ValueError, match, **kw)
+        assert_fails_cleanly(ckpts, tmp_path, merge.UserError, match, **kw)
     with pytest.raises(SystemExit):  # the CLI rejects unknown methods before anything runs
         cli(["--method", "slerp", "--base", "b", "--models", "m", "--out", "o"])
 
@@ -622,7 +622,7 @@ def test_bad_settings(ckpts, tmp_path):
 def test_existing_output_needs_overwrite(ckpts, tmp_path):
     os.makedirs(tmp_path / "out")
     open(tmp_path / "out" / "keep.txt", "w").write("x")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(merge.UserError, match="--overwrite"):
         run(ckpts, tmp_path, method="average")
     assert os.listdir(tmp_path / "out") == ["keep.txt"]
     out, _ = run(ckpts, tmp_path, method="average", overwrite=True)

@@ -421,7 +421,7 @@ def test_make_engine_under_torchrun_env(fake_sglang, monkeypatch, tmp_path):
     from transformers import AutoConfig
     config = AutoConfig.from_pretrained(path)
     assert config.architectures == ["Qwen3ForCausalLM"] and config.tie_word_embeddings
-    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (64, 2, 1024)
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (128, 4, 1024)
 
 
 # ----------------------------------------------------------------------------- FSDP2, two processes

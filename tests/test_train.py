@@ -35,7 +35,7 @@ def test_domains_comma_list_parses_as_several():
 
 
 def test_unknown_domain_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid: math, code, science, if"):
+    with pytest.raises(train.UserError, match="valid: math, code, science, if"):
         train.Config(domains=("math", "chess"))
 
 
@@ -63,7 +63,7 @@ def test_paper_preset_and_override():
     assert (cfg.prompts_per_step, cfg.group_size, cfg.lr, cfg.steps) == (128, 16, 1e-6, 200)
     assert (cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.weight_decay) == (0.2, 0.28, 0.0, 0.1)
     assert cfg.grader == "paper" and train.cli(["--preset", "paper-opd"]).grader == "paper"
-    assert train.cli(["--domains", "math"]).grader == "lenient"          # the tiny model's learning signal
+    assert train.cli(["--domains", "math"]).grader == "paper"            # the small world writes the paper's form
     assert train.cli(["--preset", "paper", "--grader", "lenient"]).grader == "lenient"
     with pytest.raises(SystemExit):
         train.cli(["--preset", "nope"])
@@ -228,7 +228,7 @@ def test_fsdp2_frozen_models_are_sharded_after_their_forward(fsdp_no_grad):
     from fsdp_grads import fixed_batch
     samples, _ = fixed_batch(8, 1024)
     ids, attn, targets, _ = train.pack(samples, 0, "cpu")
-    want = train.frozen_logprobs(modeling.load_model("tiny", seed=1).eval(), ids, attn, targets, 0.7)
+    want = train.frozen_logprobs(modeling.load_model("tiny-init", seed=1).eval(), ids, attn, targets, 0.7)
     for logp in got["ref_logp"]:
         torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
 
@@ -263,29 +263,29 @@ def test_fsdp2_old_logprobs_with_unequal_micro_batch_counts(fsdp_no_grad):
 # --- end to end
 
 def test_reward_rises_on_learnable_task(tmp_path):
-    """The tiny model learns the easiest embedded math (difficulty 0) with the default tiny preset.
-
-    From random init it starts near 0.006 (a correct digit by chance) and reaches about 0.07 by steps
-    50-60 (seeds 0 and 1 measured); a run that does not learn stays near 0.006."""
-    r = run([sys.executable, "train.py", "--domains", "math", "--steps", "60", "--out-dir", str(tmp_path),
-             "--save-every", "60", "--seed", "0"], timeout=600)
+    """A short GRPO run of the default preset on the embedded instruction-following prompts: the SFT base plans
+    on about half its completions and is mostly right when it does, so the reward rises as the policy learns to
+    plan (measured, seed 0: about 0.35 over the first 5 steps, 0.7 over the last 5)."""
+    r = run([sys.executable, "train.py", "--domains", "if", "--steps", "20", "--out-dir", str(tmp_path),
+             "--save-every", "20", "--seed", "0"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = metrics(tmp_path / "math")
-    assert len(m) == 60
-    first = sum(x["reward"] for x in m[:10]) / 10
-    last = sum(x["reward"] for x in m[-10:]) / 10
-    assert last > first + 0.04, (first, last)
+    m = metrics(tmp_path / "if")
+    assert len(m) == 20
+    first = sum(x["reward"] for x in m[:5]) / 5
+    last = sum(x["reward"] for x in m[-5:]) / 5
+    assert last > first + 0.15, (first, last)
+    assert all(x["truncated"] < 0.2 for x in m)
     # the run directory is an HF model that merge.py / analyze.py can load
     from transformers import AutoModelForCausalLM
-    AutoModelForCausalLM.from_pretrained(tmp_path / "math")
-    info = json.load(open(tmp_path / "math" / "run.json"))
-    assert info["steps_done"] == 60 and info["device_hours"] > 0
+    AutoModelForCausalLM.from_pretrained(tmp_path / "if")
+    info = json.load(open(tmp_path / "if" / "run.json"))
+    assert info["steps_done"] == 20 and info["device_hours"] > 0
 
 
 def test_torchrun_two_processes_mixed_domains(tmp_path):
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
              "--domains", "math,code", "--mix", "uniform", "--steps", "2", "--prompts-per-step", "4", "--group-size", "4",
-             "--out-dir", str(tmp_path)], timeout=600)
+             "--max-new-tokens", "16", "--out-dir", str(tmp_path)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = metrics(tmp_path / "math-code")
     assert [x["step"] for x in m] == [1, 2]
@@ -297,7 +297,7 @@ def test_torchrun_two_processes_mixed_domains(tmp_path):
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     args = ["--domains", "math", "--steps", "8", "--save-every", "2", "--prompts-per-step", "4",
-            "--group-size", "4", "--run-name", "r"]
+            "--group-size", "4", "--max-new-tokens", "16", "--run-name", "r"]
     full = run([sys.executable, "train.py", *args, "--out-dir", str(tmp_path / "a")], timeout=600)
     assert full.returncode == 0, full.stderr[-3000:]
     # kill -9 as soon as the step-4 checkpoint exists, then resume
@@ -409,57 +409,61 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 
 
 def test_mt_opd_learns_a_planted_teacher_preference(tmp_path):
-    """A teacher nudged to answer every math prompt with "5" (p(5) from 0.001 to about 0.2): distilling it
-    on-policy brings the student's reverse KL to it down (measured: 0.65 -> 0.21 in 30 steps) and raises
-    the student's p(5) from 0.001 (measured: to 0.07)."""
+    """A teacher nudged to always plan on math (p(hasty), the chance that "<think>" is followed at once by
+    "</think>", from about 0.5 to under 0.1): distilling it on-policy brings the student's reverse KL to it
+    down and the student's p(hasty) from about 0.5 below 0.3 (measured: 0.50 -> 0.1, KL 0.3 -> 0.05 in 20 steps)."""
     import data
     import model as modeling
     torch.manual_seed(0)
     tok, teacher = modeling.load_tokenizer("tiny"), modeling.load_model("tiny")
-    rows = data.load("embedded", ["math"], "train", difficulty=0)[:32]
-    prompts = [tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False))["input_ids"]
-               for r in rows]
-    five = tok("5")["input_ids"]
-    ids, attn, targets, mask = train.pack([{"prompt_ids": p, "completion_ids": five + [tok.eos_token_id]}
-                                           for p in prompts], tok.pad_token_id, "cpu")
+    rows = data.load("embedded", ["math"], "train")[:32]
+    prompts = [tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"] for r in rows]
+    careful = [tok(r["reference"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
+    ids, attn, targets, mask = train.pack([{"prompt_ids": p, "completion_ids": c} for p, c in zip(prompts, careful)],
+                                          tok.pad_token_id, "cpu")
+    close = tok.convert_tokens_to_ids("</think>")
+    hasty = [p + [tok.convert_tokens_to_ids("<think>")] for p in prompts]
+    h_ids, h_attn, _, _ = train.pack([{"prompt_ids": p, "completion_ids": [close]} for p in hasty], tok.pad_token_id, "cpu")
 
-    def p_five(net):   # mean over prompts of p("5" as the first completion token)
+    def p_hasty(net):   # mean over prompts of p("</think>" right after "<think>")
         with torch.no_grad():
-            lp = train.token_logprobs(*train.final_hidden(net, ids, attn), targets)
-        first = torch.tensor([len(p) - 1 for p in prompts])
-        return lp[torch.arange(len(prompts)), first].exp().mean().item()
+            logits = net(input_ids=h_ids, attention_mask=h_attn).logits.float()
+        last = torch.tensor([len(p) - 1 for p in hasty])
+        return logits[torch.arange(len(hasty)), last].softmax(-1)[:, close].mean().item()
 
-    p_start = p_five(teacher)
-    opt = torch.optim.Adam(teacher.parameters(), lr=3e-3)
-    for _ in range(200):   # supervised on (5, eos), stopped early so the student still samples the rest
-        loss = -(train.token_logprobs(*train.final_hidden(teacher, ids, attn), targets) * mask).sum() / mask.sum()
-        if loss.item() < 1.5:
+    p_start = p_hasty(teacher)
+    assert 0.3 < p_start < 0.7
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    for _ in range(100):   # supervised on the careful completions until it (almost) always plans
+        if p_hasty(teacher) < 0.05:
             break
+        loss = -(train.token_logprobs(*train.final_hidden(teacher, ids, attn), targets) * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert p_five(teacher) > 50 * p_start
+    assert p_hasty(teacher) < 0.1
     modeling.save_pretrained(teacher, tok, str(tmp_path / "teacher"))
 
     r = run([sys.executable, "train.py", "--domains", "math", "--teachers", f"math={tmp_path / 'teacher'}",
-             "--steps", "30", "--save-every", "30", "--out-dir", str(tmp_path), "--run-name", "opd"], timeout=600)
+             "--steps", "20", "--save-every", "20", "--out-dir", str(tmp_path), "--run-name", "opd"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = metrics(tmp_path / "opd")
     first = sum(x["teacher_kl"] for x in m[:3]) / 3
     last = sum(x["teacher_kl"] for x in m[-3:]) / 3
     assert last < 0.6 * first, (first, last)
-    assert p_five(modeling.load_model(str(tmp_path / "opd"))) > 10 * p_start
+    assert p_hasty(modeling.load_model(str(tmp_path / "opd"))) < 0.3
 
 
 def test_teachers_must_cover_every_domain():
-    with pytest.raises(ValueError, match="no teacher for domain"):
+    with pytest.raises(train.UserError, match="no teacher for domain"):
         train.Config(domains=("math", "code"), teachers="math=out/math")
-    with pytest.raises(ValueError, match="DOMAIN=PATH"):
+    with pytest.raises(train.UserError, match="DOMAIN=PATH"):
         train.Config(domains=("math",), teachers="chess=out/x")
     assert train.teacher_paths("math=out/m,code=out/c") == {"math": "out/m", "code": "out/c"}
 
 
 def test_sglang_rollout_without_cuda_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="--rollout sglang needs CUDA"):
+    with pytest.raises(train.UserError, match="--rollout sglang needs CUDA"):
         train.main(train.Config(domains=("math",), rollout="sglang", out_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir())   # nothing written

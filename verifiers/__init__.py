@@ -10,10 +10,12 @@
 Each `verify(completion, row, *, think=True, grader="lenient") -> float` returns 0.0 or 1.0, never
 raises and prints nothing. think=True (the default, for reasoning models) requires a `<think>` block
 to be closed and grades only the text after the last `</think>`; pass think=False to grade the whole
-completion. grader="lenient" (the default) is the project's graders, which give the tiny CPU model a
-learning signal; grader="paper" follows the graders the paper trains with (DeepScaleR's boxed math
-answer, the GPQA "Answer: X" rule, pass-all on at most 20 tests, IFEvalG all-or-nothing, and no
-reward without `</think>`). Each domain's docstring has the table of what each grader accepts.
+completion. grader="paper" follows the graders the paper trains with (DeepScaleR's boxed math answer,
+the GPQA "Answer: X" rule, pass-all on at most 20 tests, IFEvalG all-or-nothing, and no reward without
+`</think>`); train.py and analyze.py use it by default, since the embedded world's completions have that
+form. grader="lenient" (this function's default) also reads unboxed answers and completions without a
+reasoning block, for models that were not trained to write them (a base model, another chat template).
+Each domain's docstring has the table of what each grader accepts.
 SCORERS holds the same domains' `score` functions, which return the reward together with the reason
 for a 0 ("error") and domain extras (code and if: "passed"/"total"); verify_batch uses them.
 """
