@@ -7,14 +7,14 @@
     batch = data.batch_for_step({"math": rows}, None, step=0, n=8, seed=0)   # one step's prompts (data/mix.py)
 """
 
-from data.embedded import embedded, humaneval_rows
+from data.embedded import embedded, humaneval_rows, sft_examples
 from data.loaders import (CONVERTERS, DOMAINS, convert_aime, convert_gpqa, convert_ifeval, convert_livecodebench,
                           convert_mmlu_redux, convert_nemotron, detect_format, load_file, read_jsonl, validate_row)
 from data.mix import batch_for_step, mix_weights, split_counts
 
 
-def load(spec: str, domains: list[str], split: str, *, seed: int = 0, difficulty: int = 1) -> list[dict]:
-    """Rows of `domains`: spec "embedded" generates them (split and difficulty apply); any other spec is a file,
+def load(spec: str, domains: list[str], split: str, *, seed: int = 0) -> list[dict]:
+    """Rows of `domains`: spec "embedded" generates them (split applies); any other spec is a file,
     a dataset directory or a Hub id, read with `datasets` and used whole whatever the split (data/loaders.py)."""
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
@@ -22,5 +22,5 @@ def load(spec: str, domains: list[str], split: str, *, seed: int = 0, difficulty
     if split not in ("train", "eval"):
         raise ValueError(f"unknown split {split!r}; valid splits: train, eval")
     if spec == "embedded":
-        return [row for d in domains for row in embedded(d, split, seed=seed, difficulty=difficulty)]
+        return [row for d in domains for row in embedded(d, split, seed=seed)]
     return load_file(spec, list(domains), seed=seed)

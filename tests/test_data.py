@@ -36,76 +36,173 @@ def _text(row):
 
 @pytest.mark.parametrize("domain", data.DOMAINS)
 def test_embedded_is_deterministic_and_seeded(domain):
-    a = data.embedded(domain, "train", seed=0)
-    assert a == data.embedded(domain, "train", seed=0)
-    assert [r["id"] for r in a] != [r["id"] for r in data.embedded(domain, "train", seed=1)]
+    a = data.embedded(domain, "train", n=200, seed=0)
+    assert a == data.embedded(domain, "train", n=200, seed=0)
+    assert [r["id"] for r in a] != [r["id"] for r in data.embedded(domain, "train", n=200, seed=1)]
 
 
-@pytest.mark.parametrize("domain,difficulty", [("math", 0), ("math", 1), ("math", 2), ("math", 3),
-                                               ("code", 1), ("science", 1), ("if", 1)])
-def test_train_and_eval_never_share_a_problem(domain, difficulty):
-    eval_texts = {_text(r) for s in (0, 1) for r in data.embedded(domain, "eval", seed=s, difficulty=difficulty)}
+@pytest.mark.parametrize("domain", data.DOMAINS)
+def test_train_and_eval_never_share_a_problem(domain):
+    eval_texts = {_text(r) for s in (0, 1) for r in data.embedded(domain, "eval", seed=s)}
     for seed in (0, 1, 2):
-        train = data.embedded(domain, "train", seed=seed, difficulty=difficulty)
-        assert not eval_texts & {_text(r) for r in train}
+        assert not eval_texts & {_text(r) for r in data.embedded(domain, "train", seed=seed)}
+    # nor do the SFT demonstrations (sft.py trains on them)
+    assert not eval_texts & {_text(e) for e in data.sft_examples(domain, 2000, seed=0)}
 
 
 @pytest.mark.parametrize("domain", data.DOMAINS)
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_every_embedded_row_follows_the_schema(domain, split):
     rows = data.embedded(domain, split)
-    assert len(rows) == {"train": 300, "eval": 200 if domain == "code" else 100}[split]
+    assert len(rows) == {"train": 800, "eval": 200}[split]
     assert len({r["id"] for r in rows}) == len(rows) and len({_text(r) for r in rows}) == len(rows)
     for r in rows:
         assert data.validate_row(r, "embedded") is r
-        assert r["domain"] == domain and isinstance(r["reference"], str) and r["reference"]
-        assert r["source"] in ("embedded/" + domain, "humaneval")
+        assert r["domain"] == domain and r["source"] == "embedded/" + domain
+        assert re.fullmatch(r"<think>[^<]+</think>.+", r["reference"], re.S), r["reference"]
 
 
 def test_sizes_follow_n():
     assert len(data.embedded("science", "eval", n=7)) == 7
-    assert len(data.embedded("code", "eval", n=20)) == 20
-    assert len(data.embedded("code", "eval", n=170)) == 170
     assert data.embedded("math", "train", n=5) == data.embedded("math", "train", n=10)[:5]
+    assert len(data.humaneval_rows()) == 164
 
 
-def test_math_difficulty_0_is_single_digit_arithmetic():
-    train, evals = data.embedded("math", "train", difficulty=0), data.embedded("math", "eval", difficulty=0)
-    assert len(train) + len(evals) == 110  # every a+b and a-b with single-digit operands and result
-    for r in train + evals:
-        m = re.fullmatch(r"(\d)([+-])(\d)=", _text(r))
-        assert m, _text(r)
-        a, op, b = int(m[1]), m[2], int(m[3])
-        assert r["answer"] == r["reference"] == str(a + b if op == "+" else a - b)
-        assert len(r["answer"]) == 1
+def _steps(plan: str) -> list[tuple[str, int]]:
+    return [(e, int(v)) for e, v in re.findall(r"([\d+\-*/]+)=(\d+)", plan)]
 
 
-def test_math_answers_are_right():
-    """Recompute every answer whose question is plain arithmetic or a linear equation."""
-    checked = 0
-    for difficulty in (1, 2, 3):
-        for r in data.embedded("math", "train", difficulty=difficulty) + data.embedded("math", "eval", difficulty=difficulty):
-            q = _text(r)
-            assert r["reference"].endswith(f"\\boxed{{{r['answer']}}}.")
-            if m := re.match(r"What is ([\d+\-*/() ]+)\?", q):
-                expr = re.sub(r"(\d+)/(\d+)", r"Fraction(\1, \2)", m[1])
-                assert eval(expr, {"Fraction": Fraction}) == Fraction(r["answer"]), q
-            elif m := re.match(r"Solve for x: (\d+)x ([+-]) (\d+) = (-?\d+)", q):
-                a, sign, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-                assert a * int(r["answer"]) + (b if sign == "+" else -b) == c, q
-            elif m := re.match(r"What is (\d+) times (\d+)\?", q):
-                assert int(m[1]) * int(m[2]) == int(r["answer"])
-            elif m := re.match(r"What is the remainder when (\d+) is divided by (\d+)\?", q):
-                assert int(m[1]) % int(m[2]) == int(r["answer"])
-            else:
-                continue
-            checked += 1
-    assert checked > 300
+def test_math_answers_and_plans_are_right():
+    """Recompute every answer from the question's own numbers (one formula per template, written here), and
+    check the plan's arithmetic step by step with Python's."""
+    formulas = [
+        (r"has (\d+) \w+, gets (\d+) more and gives away (\d+)", lambda a, b, c: a + b - c),
+        (r"buys (\d+) boxes of (\d+) \w+ and gives away (\d+)", lambda a, b, c: a * b - c),
+        (r"has (\d+) \w+\. \w+ has (\d+) more than", lambda a, b: a + (a + b)),
+        (r"shares (\d+) \w+ equally among (\d+) friends, and each friend gives away (\d+)", lambda p, b, c: p // b - c),
+        (r"has (\d+) \w+\. It sells (\d+) in the morning and (\d+)", lambda a, b, c: a - b - c),
+        (r"What is (\d+) \+ (\d+) \* (\d+)\?", lambda a, b, c: a + b * c),
+        (r"What is \((\d+) \+ (\d+)\) \* (\d+)\?", lambda a, b, c: (a + b) * c),
+    ]
+    seen = set()
+    for r in data.embedded("math", "train") + data.embedded("math", "eval"):
+        q = _text(r)
+        assert q.endswith("Put the final answer in \\boxed{}.")
+        hits = [(i, f(*map(int, m.groups()))) for i, (pattern, f) in enumerate(formulas) if (m := re.search(pattern, q))]
+        assert len(hits) == 1, q
+        seen.add(hits[0][0])
+        assert int(r["answer"]) == hits[0][1] >= 0, q
+        plan, answer = re.fullmatch(r"<think>(.*)</think>\\boxed\{(\d+)\}", r["reference"]).groups()
+        steps = _steps(plan)
+        assert len(steps) == 2 and all(eval(e) == v for e, v in steps) and steps[-1][1] == int(answer), r["reference"]
+    assert seen == set(range(len(formulas)))
 
 
-def test_math_difficulty_out_of_range():
-    with pytest.raises(ValueError, match="difficulty must be 0..3"):
-        data.embedded("math", "train", difficulty=4)
+def test_code_references_pass_their_tests_and_the_bugs_fail_them():
+    """Run each reference in this process (independent of the sandboxed verifier), and each family's bug (the
+    hasty teacher's program) against the same asserts: the tests must tell them apart."""
+    families = set()
+    for r in data.embedded("code", "train", n=300) + data.embedded("code", "eval"):
+        program = re.fullmatch(r"<think>.*</think>```python\n(.*)```", r["reference"], re.S)[1]
+        assert r["tests"]["kind"] == "assert" and r["tests"]["entry_point"] == "f"
+        exec(program + r["tests"]["code"] + "check(f)\n", {})
+        families.add(re.sub(r"\d+|'\w'", "_", _text(r).split(" that ")[1])[:30])
+    assert len(families) == 8
+    hasty = [e for e in data.sft_examples("code", 300, seed=0) if e["teacher"] == "hasty"]
+    assert len(hasty) > 100
+    for e in hasty:
+        bug = re.fullmatch(r"<think></think>```python\n(.*)```", e["completion"], re.S)[1]
+        with pytest.raises(AssertionError):
+            exec(bug + e["row"]["tests"]["code"] + "check(f)\n", {})
+
+
+def test_science_answers_point_at_the_right_option():
+    """Facts checked against a table written here (from the periodic table); physics answers recomputed from
+    the question and placed in their range."""
+    facts = {"Hydrogen": ("H", "nonmetal", "gas", "1"), "Helium": ("He", "noble gas", "gas", "1"),
+             "Sodium": ("Na", "metal", "solid", "3"), "Silicon": ("Si", "metalloid", "solid", "3"),
+             "Chlorine": ("Cl", "nonmetal", "gas", "3"), "Bromine": ("Br", "nonmetal", "liquid", "4"),
+             "Iron": ("Fe", "metal", "solid", "4"), "Krypton": ("Kr", "noble gas", "gas", "4")}
+    by_symbol = {v[0]: k for k, v in facts.items()}
+    physics = {r"travels (\d+) km in (\d+) hours": lambda d, t: d / t, r"gives a (\d+) kg mass an acceleration of (\d+)":
+               lambda m, a: m * a, r"mass of (\d+) g and a volume of (\d+) cm": lambda m, v: m / v,
+               r"current of (\d+) A flows through a (\d+) ohm": lambda i, r: i * r, r"draws (\d+) A at (\d+) V": lambda i, v: i * v,
+               r"frequency of (\d+) Hz and a wavelength of (\d+) m": lambda f, w: f * w}
+    rows = data.embedded("science", "train") + data.embedded("science", "eval")
+    assert len(data.embedded("science", "eval")) >= 100
+    checked, letters = {"fact": 0, "physics": 0}, []
+    for r in rows:
+        question, options = _text(r).split("\n\n")[1], dict(re.findall(r"^([A-D])\. (.+)$", _text(r), re.M))
+        assert list(options) == list("ABCD") and len(set(options.values())) == 4
+        assert r["reference"].endswith(f"Answer: {r['answer']}")
+        chosen = options[r["answer"]]
+        letters.append(r["answer"])
+        element = next((e for e in facts if re.search(rf"\b{e}\b", question)), None)
+        if m := re.search(r"symbol (\w+)", question):
+            element = by_symbol.get(m[1])
+        if element:
+            kind = 1 if "kind" in question or "class" in question or "metal" in question else \
+                2 if "room temperature" in question else 3
+            assert chosen == facts[element][kind], (question, chosen)
+            checked["fact"] += 1
+        for pattern, f in physics.items():
+            if m := re.search(pattern, question):
+                value = f(*map(int, m.groups()))
+                if m := re.match(r"under (\d+) ", chosen):
+                    assert value < int(m[1]), (question, chosen)
+                elif m := re.match(r"(\d+) or more ", chosen):
+                    assert value >= int(m[1]), (question, chosen)
+                else:
+                    low, high = map(int, re.match(r"(\d+) (?:to|or) (\d+) ", chosen).groups())
+                    assert low <= value <= high, (question, chosen)
+                checked["physics"] += 1
+    assert checked["fact"] > 100 and checked["physics"] > 200
+    for letter in "ABCD":   # every option is right for some question
+        assert letters.count(letter) > len(letters) / 20
+
+
+def test_if_references_satisfy_their_instructions():
+    """Independent spot checks of each instruction the embedded rows use."""
+    seen = set()
+    for r in data.embedded("if", "train") + data.embedded("if", "eval"):
+        ref = r["reference"].split("</think>")[1]
+        assert set(r["instruction_id_list"]) <= set(IF_IDS) and len(set(r["instruction_id_list"])) == len(r["kwargs"])
+        for iid, kw in zip(r["instruction_id_list"], r["kwargs"]):
+            seen.add(iid)
+            check = {
+                "punctuation:no_comma": lambda: "," not in ref,
+                "startend:end_checker": lambda: ref.rstrip('"').endswith(kw["end_phrase"]),
+                "startend:quotation": lambda: ref.startswith('"') and ref.endswith('"'),
+                "detectable_format:title": lambda: re.search(r"<<[^\n]+>>", ref),
+                "keywords:existence": lambda: all(k in ref.lower() for k in kw["keywords"]),
+                "keywords:forbidden_words": lambda: not any(re.search(rf"\b{w}\b", ref, re.I) for w in kw["forbidden_words"]),
+                "detectable_content:postscript": lambda: "P.S." in ref,
+                "change_case:capital_word_frequency": lambda: sum(w.isupper() for w in re.findall(r"\b[A-Za-z]+\b", ref)) >= 2,
+                "length_constraints:number_words": lambda: len(re.findall(r"\w+", ref)) < kw["num_words"],
+                "detectable_format:number_highlighted_sections": lambda: re.search(r"\*[^*\n]+\*", ref),
+            }[iid]
+            assert check(), (iid, ref)
+    assert seen == set(IF_IDS)
+
+
+@pytest.mark.parametrize("domain", data.DOMAINS)
+def test_sft_teachers_careful_right_slip_and_hasty_wrong(domain):
+    """The three SFT teachers in their shares; the verifier scores the careful one 1 and the other two 0, and
+    only the hasty one skips the plan."""
+    from data.embedded import P_HASTY, P_SLIP
+    from verifiers import verify_batch
+    examples = data.sft_examples(domain, 400, seed=3)
+    assert examples == data.sft_examples(domain, 400, seed=3)
+    results = verify_batch([e["completion"] for e in examples], [e["row"] for e in examples])
+    for e, res in zip(examples, results):
+        assert res["reward"] == (1.0 if e["teacher"] == "careful" else 0.0), (e, res)
+        assert e["completion"].startswith("<think></think>") == (e["teacher"] == "hasty")
+        assert e["prompt"] == e["row"]["prompt"]
+        if e["teacher"] == "careful":
+            assert e["completion"] == e["row"]["reference"]
+    share = {t: sum(e["teacher"] == t for e in examples) / len(examples) for t in ("careful", "slip", "hasty")}
+    assert share["hasty"] == pytest.approx(P_HASTY, abs=0.08)
+    assert share["slip"] == pytest.approx((1 - P_HASTY) * P_SLIP, abs=0.08)
 
 
 def _run_program(program: str, stdin: str) -> str:
@@ -119,103 +216,12 @@ def _run_program(program: str, stdin: str) -> str:
     return out.getvalue()
 
 
-def test_code_references_pass_their_tests():
-    """Run every reference (generated ones and all 164 HumanEval canonical solutions) against its tests,
-    in this process: a cross-check of the generator, independent of the sandboxed verifier."""
-    rows = data.embedded("code", "train") + data.embedded("code", "eval")
-    assert sum(r["source"] == "humaneval" for r in rows) == 164
-    kinds = set()
-    for r in rows:
-        program = re.fullmatch(r"```python\n(.*)\n```", r["reference"], re.S)[1]
-        tests = r["tests"]
-        kinds.add(tests["kind"])
-        if tests["kind"] == "stdio":
-            for stdin, expected in zip(tests["inputs"], tests["outputs"]):
-                assert _run_program(program, stdin) == expected, (r["id"], stdin)
-        else:
-            exec(program + "\n" + tests["code"] + f"\ncheck({tests['entry_point']})\n", {})
-    assert kinds == {"stdio", "assert"}
-    # A wrong program fails: the tests do constrain the answer.
-    r = next(r for r in rows if r["tests"]["kind"] == "stdio")
-    assert any(_run_program("print(0)", s) != o for s, o in zip(r["tests"]["inputs"], r["tests"]["outputs"]))
-
-
-ELEMENT_SYMBOLS = {"Sodium": "Na", "Iron": "Fe", "Gold": "Au", "Potassium": "K", "Chlorine": "Cl", "Lead": "Pb"}
-
-
-def test_science_rows_are_well_formed_mcqs():
-    rows = data.embedded("science", "train") + data.embedded("science", "eval")
-    letters = []
-    for r in rows:
-        options = re.findall(r"^([A-D])\. (.+)$", _text(r), re.M)
-        assert [o[0] for o in options] == list("ABCD")
-        assert len({o[1] for o in options}) == 4
-        assert r["reference"] == f"Answer: {r['answer']}"
-        letters.append(r["answer"])
-        chosen = dict(options)[r["answer"]]
-        if m := re.match(r"What is the chemical symbol of (\w+)\?", r["prompt"][0]["content"].split("\n\n")[1]):
-            if m[1] in ELEMENT_SYMBOLS:
-                assert chosen == ELEMENT_SYMBOLS[m[1]]
-        if m := re.search(r"How many (\w+) are in ([\d.,]+) (\w+)\?", _text(r)):
-            to_base = {"km": 1000, "m": 1, "cm": 0.01, "mm": 0.001, "kg": 1000, "g": 1, "mg": 0.001,
-                       "h": 3600, "min": 60, "s": 1, "L": 1000, "mL": 1}
-            expected = float(m[2].replace(",", "")) * to_base[m[3]] / to_base[m[1]]
-            assert float(chosen.replace(",", "")) == pytest.approx(expected, rel=1e-3)
-        if m := re.search(r"force gives a (\d+) kg mass an acceleration of (\d+) m/s", _text(r)):
-            assert chosen == f"{int(m[1]) * int(m[2]):,} N"
-    for letter in "ABCD":  # the shuffle spreads the right answer over the letters
-        assert letters.count(letter) > len(letters) / 8
-
-
-def test_if_references_satisfy_their_instructions():
-    """Independent spot checks of the instructions whose meaning is unambiguous."""
-    rows = data.embedded("if", "train") + data.embedded("if", "eval")
-    seen = set()
-    for r in rows:
-        ref = r["reference"]
-        assert r["instruction_id_list"] and set(r["instruction_id_list"]) <= set(IF_IDS)
-        assert len(set(r["instruction_id_list"])) == len(r["instruction_id_list"])
-        for iid, kw in zip(r["instruction_id_list"], r["kwargs"]):
-            seen.add(iid)
-            if iid == "punctuation:no_comma":
-                assert "," not in ref
-            elif iid == "keywords:existence":
-                assert all(k in ref.lower() for k in kw["keywords"])
-            elif iid == "keywords:forbidden_words":
-                assert not any(re.search(rf"\b{w}\b", ref, re.I) for w in kw["forbidden_words"])
-            elif iid == "keywords:frequency":
-                assert ref.lower().count(kw["keyword"]) >= kw["frequency"]
-            elif iid == "startend:end_checker":
-                assert ref.rstrip('"').endswith(kw["end_phrase"])
-            elif iid == "detectable_format:json_format":
-                json.loads(ref)
-            elif iid == "change_case:english_lowercase":
-                assert ref == ref.lower()
-            elif iid == "combination:repeat_prompt":
-                assert ref.startswith(kw["prompt_to_repeat"]) and _text(r).startswith(kw["prompt_to_repeat"])
-            elif iid == "detectable_format:title":
-                assert re.search(r"<<[^\n]+>>", ref)
-            elif iid == "detectable_format:number_bullet_lists":
-                assert len(re.findall(r"^\* ", ref, re.M)) == kw["num_bullets"]
-            elif iid == "length_constraints:number_words":
-                n = len(re.findall(r"\w+", ref))
-                assert n >= kw["num_words"] if kw["relation"] == "at least" else n < kw["num_words"]
-            elif iid == "startend:quotation":
-                assert ref.startswith('"') and ref.endswith('"')
-            elif iid == "combination:two_responses":
-                a, b = ref.split("******")
-                assert a.strip() and b.strip() and a.strip() != b.strip()
-            elif iid == "length_constraints:number_paragraphs":
-                assert len(ref.split("\n***\n")) == kw["num_paragraphs"]
-    assert seen == set(IF_IDS)  # every instruction id is used somewhere
-
-
 # ----------------------------------------------------------------------------- load()
 
 def test_load_embedded_and_bad_arguments():
-    rows = data.load("embedded", ["math", "code"], "train", difficulty=0)
+    rows = data.load("embedded", ["math", "code"], "train")
     assert {r["domain"] for r in rows} == {"math", "code"}
-    assert rows[:90] == data.embedded("math", "train", difficulty=0)
+    assert rows[:800] == data.embedded("math", "train")
     with pytest.raises(ValueError, match="unknown domain.*'maths'.*valid domains: math, code, science, if"):
         data.load("embedded", ["maths"], "train")
     with pytest.raises(ValueError, match="unknown split 'test'"):
@@ -391,7 +397,8 @@ def test_hub_id_not_in_the_cache_fails_offline_with_one_clear_line(tmp_path):
                        text=True, timeout=300)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("FileNotFoundError: --data fakeorg/absent: not in the local HF cache") and \
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert last.startswith("train.py: error: --data fakeorg/absent: not in the local HF cache") and \
         "HF_DATASETS_OFFLINE=1" in last, r.stderr[-2000:]
     assert not (tmp_path / "math").exists()
 

@@ -790,12 +790,13 @@ def wrong_answer(row: dict) -> str:
 @pytest.mark.parametrize("domain", ["math", "code", "science", "if"])
 def test_embedded_eval_references_score_one_and_wrong_answers_zero(domain):
     import data
+    from data.embedded import humaneval_rows
 
-    rows = data.embedded(domain, "eval")
+    rows = data.embedded(domain, "eval") + (humaneval_rows() if domain == "code" else [])
     assert rows and all(row["domain"] == domain for row in rows)
     right = verify_batch([row["reference"] for row in rows], rows, workers=4)
     assert [(row["id"], r["reward"], r["error"]) for row, r in zip(rows, right) if r["reward"] != 1.0] == []
     wrong = verify_batch([wrong_answer(row) for row in rows], rows, workers=4)
     assert [row["id"] for row, r in zip(rows, wrong) if r["reward"] != 0.0] == []
-    if domain == "code":  # HumanEval's canonical solutions are among them
+    if domain == "code":  # HumanEval's canonical solutions (an eval set beside the embedded one) are among them
         assert sum(row["source"] == "humaneval" for row in rows) == 164
