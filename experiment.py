@@ -1,49 +1,53 @@
-"""The paper's experiment in one command: one GRPO expert per domain, the mixed multi-task model, merges of
-the experts with every merge.py method, MT-OPD from the experts, then the evaluation, the analyses and
-report.md (M2RL, arXiv 2602.12566: "To Mix or To Merge").
+"""The paper's experiment in one command: the SFT base, one GRPO expert per domain, the mixed multi-task
+model, merges of the experts (the paper's merge table), MT-OPD from the experts, then the evaluation, the
+analyses and report.md (M2RL, arXiv 2602.12566: "To Mix or To Merge").
 
-    python experiment.py                       # tiny CPU default, 8-15 minutes on 2 cores (8.3 measured
-                                               # on idle cores): out/experiment/report/report.md, plots
+    python experiment.py                       # the small world on CPU: out/experiment/report/report.md
+    python experiment.py --seeds 3             # three seeds of every RL run and merge: spreads in the report
     python experiment.py --steps 20 --domains math,code --methods ties,dare    # a smaller run
-    python experiment.py --train-args="--mix proportional"    # flags passed on to train.py: note the "="
+    python experiment.py --train-args="--lr 1e-3"   # flags passed on to train.py: note the "="
     python experiment.py --preset paper        # writes out/paper/commands.sh for one 8-GPU node, runs nothing
     python experiment.py --preset paper --model /ckpt/qwen3-4b-sft --data /data/blend/train.jsonl
 
-Every stage is one command of train.py, merge.py or analyze.py, printed before it runs and logged to
+Every stage is one command of sft.py, train.py, merge.py or analyze.py, printed before it runs and logged to
 <out>/logs/<stage>.log (`--preset paper` writes the same commands to <out>/commands.sh instead):
-  base               train.py --steps 0: the common starting model, saved as a folder (merge.py's --base)
-  train/<domain>     train.py --domains <domain>: one GRPO expert per domain, in <out>/runs/<domain>
-  train/mixed        train.py --domains <all>: the mixed multi-task model, in <out>/runs/mixed
-  merge/<method>     merge.py --method <method> over the experts against the base, in <out>/runs/merge-<method>
-  train/opd          train.py --teachers <domain>=<expert>,...: MT-OPD, the experts distilled into one student
-  eval, weights, kl, consistency, report: analyze.py subcommands writing to <out>/report
+  sft                     sft.py: the base every run starts from and every merge is taken against, in <out>/base
+                          (the tiny model only; at the paper's scale --model is the SFT checkpoint)
+  s<seed>/train/<domain>  train.py --domains <domain>: one GRPO expert per domain, in <out>/seed_<seed>/runs/<domain>
+  s<seed>/train/mixed     train.py --domains <all>: the mixed multi-task model, in .../runs/mixed
+  s<seed>/merge/<method>  merge.py --method <method> over the experts against the base, in .../runs/merge-<method>
+  s<seed>/train/opd       train.py --teachers <domain>=<expert>,...: MT-OPD, the experts distilled into one student
+  s<seed>/eval, weights, kl, consistency: analyze.py subcommands writing to <out>/seed_<seed>/report
+  report                  analyze.py report over every seed: <out>/report/report.md
 
-What the comparison matches: every GRPO run, expert or mixed, takes the same number of steps with the same
-prompts per step and samples per prompt, as the paper's runs share one recipe. The mixed run therefore costs
-about 1/N of the N experts and sees each domain's prompts 1/N as often; the cost table in report.md gives
-the measured device-hours of mixed vs experts + merge (the paper: 33.2% of the GPU hours). MT-OPD takes the
-same number of steps and its cost adds to the experts' (they are its teachers).
+What the comparison matches, as in the paper: each expert trains for `steps` and the mixed model for
+`mixed_steps` (paper: 200 and 400) with the same prompts per step and samples per prompt, so the mixed run
+costs mixed_steps / (N * steps) of the N experts (paper: 33.2% of the GPU hours for 400 vs 4 x 200) and sees
+each domain's prompts mixed_steps / (N * steps) as often. MT-OPD takes `steps` and its cost adds to the
+experts' (they are its teachers). The report's cost table gives the measured device-hours.
+
+Seeds: seed s trains every RL run and merge again with --seed s (data order, sampling, DARE masks), all
+from the same SFT base (the paper has one SFT checkpoint); the report puts each seed's value and the spread
+next to every number.
 
 A re-run skips every stage whose outputs exist, were made by the same command, and are newer than the
 stage's inputs; a stage whose command changed is redone from scratch, and so is everything downstream of
 it. A training run that was killed resumes from its last checkpoint (train.py --resume).
 
-Tiny-preset choices (the CPU default), each a flag in --train-args / --opd-args:
-- `--mix uniform`: the embedded pools differ in size only by construction (difficulty-0 math has 90 train
-  problems, the other domains 300), so the proportional pooled mix would give math 9% of the mixed batches.
-- `--filter-zero-var`: the tiny model almost never solves code, science or IF, so nearly every group has
-  equal rewards and zero advantage; dropping those groups skips forward/backward passes that add nothing
-  to the gradient (Adam's update direction barely changes) and makes the CPU run several times faster.
-- MT-OPD follows the paper's recipe next to its GRPO one: 4 samples per prompt, half the learning rate,
-  symmetric clip 0.2 (paper: 256 x 4, lr 1e-6, clip 0.2/0.2 vs GRPO 128 x 16, lr 2e-6, clip 0.2/0.28), but
-  with as many prompts per step as GRPO (paper: twice as many): each MT-OPD sample also costs a forward pass
-  of every teacher, and this keeps the CPU run within budget.
+Small-world choices (the CPU default), each a flag:
+- The base is data/tiny_sft, which sft.py copies when its config is the one that built it (`--sft-args
+  "--no-reuse"` trains it again: 27 minutes on 2 cores).
+- Experts and MT-OPD train 25 steps, the mixed model 50 (the paper's 200/400 ratio): by step 25 each expert's
+  training reward has left the base's 0.3-0.45 for about 0.8. The eval is avg@2 on 100 held-out problems per
+  domain and the KL matrix uses 8 prompts per domain, so that the whole run stays within about 20 minutes on
+  2 cores.
 - Two training runs go side by side, each one process with one thread: on 2 loaded cores one thread per
-  process was measured 3-5x faster per step than one process with two threads, and torchrun with 2
-  processes was no faster than one process while starting slower. Each run's device-hours are its own
-  wall time x its processes, so runs that share the machine are charged alike.
-The tiny model learns difficulty-0 math within a few hundred steps and nothing else: the other domains'
-rows show the pipeline, not a result.
+  process was measured 3-5x faster per step than one process with two threads (a process whose two threads
+  share a core with another process spends its time waiting for the slower thread). Each run's
+  device-hours are its own wall time x its processes, so runs that share the machine are charged alike.
+- MT-OPD follows the paper's recipe next to its GRPO one: twice the prompts per step with 4 samples each,
+  half the learning rate, symmetric clip 0.2 (paper: 256 x 4, lr 1e-6, clip 0.2/0.2 vs GRPO 128 x 16, lr 2e-6,
+  clip 0.2/0.28; here 32 x 4, lr 7.5e-5 vs 16 x 8, lr 1.5e-4).
 """
 
 import json
@@ -61,69 +65,72 @@ from typing import Literal
 from tqdm import tqdm
 
 import data
-import merge
-import train
-from analyze import Names
+from cli import Domains, Names, UserError, parse, run
 
 
 # ----------------------------------------------------------------------------- config
 
 @dataclass
 class Config:
-    """Experts, the mixed model, merges and MT-OPD, then report.md: the paper's experiment in one command."""
+    """SFT base, experts, the mixed model, merges and MT-OPD, then report.md: the paper's experiment in one command."""
 
     # What to run
     preset: Literal["tiny", "paper"] = "tiny"
     """tiny: run everything now on this machine (CPU). paper: write the commands for one 8-GPU node to
     <out>/commands.sh (Qwen3-4B-Base SFT checkpoint, Nemotron RL blend) and run nothing. Flags override it."""
     out: str = "out/experiment"
-    """Everything goes here: runs/ (training runs and merges), report/ (report.md, plots), logs/."""
-    domains: train.Domains = data.DOMAINS
+    """Everything goes here: base/, seed_<s>/runs (training runs and merges), seed_<s>/report, report/, logs/."""
+    domains: Domains = data.DOMAINS
     """Domains, comma separated: one expert each, all of them in the mixed and the MT-OPD run."""
-    methods: Names = field(default_factory=lambda: list(merge.METHODS))
-    """Merge methods of merge.py, comma separated; empty: no merges."""
-    steps: int | None = None
-    """Optimisation steps of every training run (experts, mixed, MT-OPD); None: train.py's preset default."""
+    methods: Names = field(default_factory=lambda: ["average", "task_arithmetic", "dare", "ties", "dare_ties_trim",
+                                                    "sce"])
+    """Merge methods of merge.py, comma separated (default: the paper's merge table, merge.PAPER_TABLE); empty:
+    no merges."""
+    steps: int | None = 25
+    """Steps of each expert and of MT-OPD (paper: 200); None: train.py's preset default."""
+    mixed_steps: int | None = 50
+    """Steps of the mixed run (paper: 400, twice an expert's); None: train.py's preset default."""
+    seeds: int = 1
+    """How many seeds (seed, seed+1, ...) of every RL run and merge; the report shows the spread between them."""
     seed: int = 0
-    """Seed of every run: each training run starts from the same model and the merges are reproducible."""
+    """The first seed."""
 
     # Model, data and scale
     model: str = "tiny"
-    """Starting model of every run (train.py --model): the paper's SFT checkpoint at full scale."""
+    """Starting model of every run (train.py --model): 'tiny' runs sft.py first and uses its base; at full
+    scale the paper's SFT checkpoint."""
     data: str = "embedded"
-    """Training rows (train.py --data): 'embedded' or the Nemotron RL blend file."""
+    """Training rows (train.py --data): 'embedded' or the Nemotron RL blend."""
     nproc: int = 1
     """Processes per training run; more than 1 launches torchrun (one per GPU)."""
     parallel: int = 2
     """Training runs at once, each given cpu_count / parallel threads on CPU; use 1 on GPUs."""
-    train_args: str = "--mix uniform --filter-zero-var"
-    """More train.py flags for the base, expert and mixed runs, given as --train-args="..." (see the module
-    docstring for why these)."""
-    opd_args: str = "--mix uniform --prompts-per-step 32 --group-size 4 --lr 1e-3 --clip-high 0.2"
+    sft_args: str = ""
+    """More sft.py flags, given as --sft-args="..." (e.g. "--no-reuse" to train the base again)."""
+    train_args: str = ""
+    """More train.py flags for the expert and mixed runs, given as --train-args="..."."""
+    opd_args: str = "--prompts-per-step 32 --group-size 4 --lr 7.5e-5 --clip-high 0.2"
     """More train.py flags for the MT-OPD run, given as --opd-args="...": the paper's MT-OPD recipe scaled like
-    the tiny GRPO one."""
+    the tiny GRPO one (see the module docstring)."""
 
     # Evaluation and analyses (analyze.py)
     benchmarks: Names = field(default_factory=lambda: ["embedded"])
-    """analyze.py eval --benchmarks: 'embedded' (each domain's eval split) and/or name=file in the row schema."""
-    eval_problems: int | None = 32
+    """analyze.py eval --benchmarks: 'embedded' (each domain's eval split), 'humaneval', and/or name=file."""
+    eval_problems: int | None = 100
     """Problems per benchmark in eval (the first n); None: all."""
-    eval_k: int = 16
-    """Samples per problem in eval (avg@k, pass@k); 16 keeps the tiny math scores' noise near 0.01."""
-    kl_problems: int = 16
-    """Prompts per domain whose expert trajectories the KL matrix is measured on."""
+    eval_k: int = 2
+    """Samples per problem in eval (avg@k, pass@k). With 4, the eval took 7.5 of the CPU run's 22.5 minutes."""
+    kl_problems: int = 8
+    """Prompts per domain on which the KL matrix is measured."""
     max_new_tokens: int | None = None
     """Longest sampled completion in eval and kl; None: the GRPO runs' own (train.py's preset and --train-args),
     since a model is only meaningful within the budget it was trained for."""
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in merge.METHODS]
-        if unknown:
-            raise ValueError(f"--methods: unknown merge method(s) {unknown}; valid: {', '.join(merge.METHODS)}")
         unknown = [d for d in self.domains if d not in data.DOMAINS]
         if unknown or not self.domains:
-            raise ValueError(f"--domains: unknown domain(s) {unknown or '(none given)'}; valid: {', '.join(data.DOMAINS)}")
-        assert self.nproc >= 1 and self.parallel >= 1 and self.eval_k >= 1 and self.kl_problems >= 1
+            raise UserError(f"--domains: unknown domain(s) {unknown or '(none given)'}; valid: {', '.join(data.DOMAINS)}")
+        assert self.nproc >= 1 and self.parallel >= 1 and self.eval_k >= 1 and self.kl_problems >= 1 and self.seeds >= 1
 
 
 PRESETS = {
@@ -131,11 +138,11 @@ PRESETS = {
     # One 8-GPU node. The two paths are placeholders for files you have: the paper's Qwen3-4B-Base SFT
     # checkpoint and the Nemotron-3-Nano RL training blend (data/README.md). Benchmarks: the paper's eval sets
     # as row-schema or original files (data/loaders.py converts AIME, GPQA, IFEval/IFBench, LiveCodeBench,
-    # MMLU-Redux).
+    # MMLU-Redux). Steps come from train.py's paper presets (200 per expert and MT-OPD, 400 mixed).
     "paper": Config(
         preset="paper", out="out/paper", model="/path/to/Qwen3-4B-Base-SFT",
-        data="/path/to/Nemotron-3-Nano-RL-Training-Blend/train.jsonl", nproc=8, parallel=1,
-        train_args="--preset paper", opd_args="--preset paper-opd", eval_k=4,
+        data="/path/to/Nemotron-3-Nano-RL-Training-Blend/train.jsonl", nproc=8, parallel=1, steps=None,
+        mixed_steps=None, train_args="--preset paper", opd_args="--preset paper-opd", eval_k=4,
         benchmarks=[f"{name}=/path/to/benchmarks/{file}" for name, file in (
             ("aime24", "aime24.jsonl"), ("aime25", "aime25.jsonl"), ("livecodebench", "livecodebench_v6.jsonl"),
             ("gpqa_diamond", "gpqa_diamond.csv"), ("mmlu_redux", "mmlu_redux.jsonl"), ("ifeval", "ifeval.jsonl"),
@@ -145,8 +152,8 @@ PRESETS = {
 
 
 def cli(argv: list[str]) -> Config:
-    """`--preset NAME` picks the defaults; the remaining flags override them (train.py's parser)."""
-    return train.cli(argv, Config, PRESETS)
+    """`--preset NAME` picks the defaults; the remaining flags override them."""
+    return parse(argv, Config, PRESETS)
 
 
 # ----------------------------------------------------------------------------- the plan: stages as commands
@@ -176,79 +183,100 @@ def launcher(cfg: Config) -> list[str]:
 def train_steps(args: list[str]) -> int:
     """The step count a train.py command line resolves to (its preset's default unless --steps is given).
     Parsing it here also rejects a bad flag before any stage runs."""
+    import train
     return train.cli(args).steps
+
+
+def mixed_args(args: list[str]) -> list[str]:
+    """The mixed run's flags: the paper preset's mixed variant (400 steps) where the experts use `paper`."""
+    return [("paper-mixed" if a == "paper" and i and args[i - 1] == "--preset" else a) for i, a in enumerate(args)]
 
 
 def plan(cfg: Config) -> list[Stage]:
     """Every stage of the experiment in run order (a stage only reads outputs of stages before it)."""
+    import merge   # here rather than at the top, so that --help answers before torch loads
+    unknown = [m for m in cfg.methods if m not in merge.METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown merge method(s) {', '.join(unknown)}; valid: {', '.join(merge.METHODS)}")
     out = Path(cfg.out)
-    runs, report = out / "runs", out / "report"
-    steps = [] if cfg.steps is None else ["--steps", str(cfg.steps)]
-    common = ["--model", cfg.model, "--data", cfg.data, "--seed", str(cfg.seed), "--out-dir", str(runs), "--resume"]
     grpo = shlex.split(cfg.train_args)
     stages = []
+    if cfg.model == "tiny":   # sft.py writes the base (a copy of data/tiny_sft when its config is the same)
+        base = str(out / "base")
+        stages.append(Stage("sft", ["python", "sft.py", "--out", base, *shlex.split(cfg.sft_args)],
+                            [str(out / "base" / "sft_report.json")], clean=[base]))
+        base_marks = stages[0].outputs
+    else:
+        base, base_marks = cfg.model, []
 
-    # base: train.py saves the starting model exactly as every run loads it (same seed, same dtype). Its
-    # step-0 checkpoint folder holds only the model files, which merge.py copies beside each merge.
-    args = [*grpo, "--model", cfg.model, "--data", cfg.data, "--seed", str(cfg.seed), "--steps", "0",
-            "--out-dir", str(out), "--run-name", "base", "--domains", ",".join(cfg.domains)]
-    stages.append(Stage("base", ["python", "train.py", *args], [str(out / "base" / "run.json")],
-                        clean=[str(out / "base")]))
-    base = out / "base" / "checkpoints" / "step_000000"
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        tag = f"s{seed}/" if cfg.seeds > 1 else ""
+        runs, report = out / f"seed_{seed}" / "runs", out / f"seed_{seed}" / "report"
+        common = ["--model", base, "--data", cfg.data, "--seed", str(seed), "--out-dir", str(runs), "--resume"]
 
-    def train_stage(name: str, domains: tuple[str, ...], extra: list[str], inputs: list[str]) -> Stage:
-        args = [*extra, *common, "--domains", ",".join(domains), "--run-name", name, *steps]
-        return Stage(f"train/{name}", [*launcher(cfg), "train.py", *args], [str(runs / name / "run.json")],
-                     inputs, clean=[str(runs / name)], train_steps=train_steps(args),
-                     metrics=str(runs / name / "metrics.jsonl"))
+        def train_stage(name: str, domains: tuple[str, ...], extra: list[str], steps: int | None,
+                        inputs: list[str]) -> Stage:
+            args = [*extra, *common, "--domains", ",".join(domains), "--run-name", name,
+                    *([] if steps is None else ["--steps", str(steps)])]
+            return Stage(f"{tag}train/{name}", [*launcher(cfg), "train.py", *args], [str(runs / name / "run.json")],
+                         inputs, clean=[str(runs / name)], train_steps=train_steps(args),
+                         metrics=str(runs / name / "metrics.jsonl"))
 
-    for d in cfg.domains:
-        stages.append(train_stage(d, (d,), grpo, []))
-    experts = {d: str(runs / d) for d in cfg.domains}
-    expert_marks = [str(runs / d / "run.json") for d in cfg.domains]
-    if len(cfg.domains) > 1:
-        stages.append(train_stage("mixed", cfg.domains, grpo, []))
-    for m in cfg.methods:
-        dest = runs / f"merge-{m}"
-        stages.append(Stage(f"merge/{m}", ["python", "merge.py", "--method", m, "--base", str(base),
-                                           "--models", ",".join(experts.values()), "--seed", str(cfg.seed),
-                                           "--out", str(dest)],
-                            [str(dest / "merge_report.json")], [stages[0].outputs[0], *expert_marks],
-                            clean=[str(dest)]))
-    teachers = ",".join(f"{d}={p}" for d, p in experts.items())
-    stages.append(train_stage("opd", cfg.domains, [*shlex.split(cfg.opd_args), "--teachers", teachers],
-                              expert_marks))
+        first = len(stages)
+        for d in cfg.domains:
+            stages.append(train_stage(d, (d,), grpo, cfg.steps, base_marks))
+        experts = {d: str(runs / d) for d in cfg.domains}
+        expert_marks = [str(runs / d / "run.json") for d in cfg.domains]
+        if len(cfg.domains) > 1:
+            stages.append(train_stage("mixed", cfg.domains, mixed_args(grpo), cfg.mixed_steps, base_marks))
+        for m in cfg.methods:
+            dest = runs / f"merge-{m}"
+            stages.append(Stage(f"{tag}merge/{m}", ["python", "merge.py", "--method", m, "--base", base,
+                                                     "--models", ",".join(experts.values()), "--seed", str(seed),
+                                                     "--out", str(dest)],
+                                [str(dest / "merge_report.json")], [*base_marks, *expert_marks], clean=[str(dest)]))
+        teachers = ",".join(f"{d}={p}" for d, p in experts.items())
+        stages.append(train_stage("opd", cfg.domains, [*shlex.split(cfg.opd_args), "--teachers", teachers],
+                                  cfg.steps, [*base_marks, *expert_marks]))
 
-    # analyses: every model by name; eval first (kl puts the accuracy change beside its matrix)
-    trained = dict(experts)
-    if len(cfg.domains) > 1:
-        trained["mixed"] = str(runs / "mixed")
-    trained["opd"] = str(runs / "opd")
-    merged = {f"merge-{m}": str(runs / f"merge-{m}") for m in cfg.methods}
-    marks = [s.outputs[0] for s in stages]
-    named = lambda d: [f"{k}={v}" for k, v in d.items()]  # noqa: E731
-    gen = ["--max-new-tokens", str(cfg.max_new_tokens or train.cli(grpo).max_new_tokens)]
-    mixed = {"mixed": trained["mixed"]} if "mixed" in trained else {}
-    evaluated = {"base": str(base), **experts, **mixed, **merged, "opd": trained["opd"]}   # the main table's rows
-    n_eval = [] if cfg.eval_problems is None else ["--n-problems", str(cfg.eval_problems)]
-    analyses = [
-        ("eval", ["--models", *named(evaluated), "--benchmarks", *cfg.benchmarks, "--domains", *cfg.domains,
-                  *n_eval, "--k", str(cfg.eval_k), "--seed", str(cfg.seed), *gen], marks, "eval.json"),
-        # the paper's weight geometry is about the trained models; merges' statistics are in merge_report.json
-        ("weights", ["--base", str(base), "--models", *named(trained)], marks, "weights.json"),
-        ("kl", ["--experts", *named(experts), *(["--multitask", *named(mixed)] if mixed else []),
-                "--merged", *named({"opd": trained["opd"], **merged}), "--n-problems", str(cfg.kl_problems),
-                "--seed", str(cfg.seed), *gen], marks + [str(report / "eval.json")], "kl.json"),
-        ("consistency", ["--base", "base", "--experts", *cfg.domains, "--models",
-                         *[n for n in evaluated if n not in ("base", *cfg.domains)]],
-         [str(report / "eval.json")], "consistency.json"),
-    ]
-    for name, args, inputs, output in analyses:
-        stages.append(Stage(name, ["python", "analyze.py", name, *args, "--out", str(report)],
-                            [str(report / output)], inputs))
-    stages.append(Stage("report", ["python", "analyze.py", "report", "--runs", str(runs), "--base", str(base),
-                                   "--out", str(report), "--no-compute"],
-                        [str(report / "report.md")], marks + [str(report / f"{n}.json") for n, *_ in analyses]))
+        # analyses: every model by name; eval first (kl puts the accuracy change beside its matrix)
+        trained = dict(experts)
+        mixed = {"mixed": str(runs / "mixed")} if len(cfg.domains) > 1 else {}
+        trained |= mixed
+        trained["opd"] = str(runs / "opd")
+        merged = {f"merge-{m}": str(runs / f"merge-{m}") for m in cfg.methods}
+        marks = base_marks + [s.outputs[0] for s in stages[first:]]
+        named = lambda d: [f"{k}={v}" for k, v in d.items()]  # noqa: E731
+        import train
+        gen = ["--max-new-tokens", str(cfg.max_new_tokens or train.cli(grpo).max_new_tokens)]
+        evaluated = {"base": base, **experts, **mixed, **merged, "opd": trained["opd"]}   # the main table's rows
+        n_eval = [] if cfg.eval_problems is None else ["--n-problems", str(cfg.eval_problems)]
+        analyses = [
+            # every seed is scored on the same problems (--problem-seed), so the report can pool them per problem
+            ("eval", ["--models", *named(evaluated), "--benchmarks", *cfg.benchmarks, "--domains", *cfg.domains,
+                      *n_eval, "--k", str(cfg.eval_k), "--seed", str(seed), "--problem-seed", "0", *gen,
+                      "--grader", "paper", "--batch-size", "64"], marks, "eval.json"),
+            # the paper's weight geometry is about the trained models; merges' statistics are in merge_report.json
+            ("weights", ["--base", base, "--models", *named(trained)], marks, "weights.json"),
+            ("kl", ["--experts", *named(experts), *(["--multitask", *named(mixed)] if mixed else []),
+                    "--merged", *named({"opd": trained["opd"], **merged}), "--n-problems", str(cfg.kl_problems),
+                    "--seed", str(seed), *gen], marks + [str(report / "eval.json")], "kl.json"),
+            ("consistency", ["--base", "base", "--experts", *cfg.domains, "--models",
+                             *[n for n in evaluated if n not in ("base", *cfg.domains)]],
+             [str(report / "eval.json")], "consistency.json"),
+        ]
+        for name, args, inputs, output in analyses:
+            stages.append(Stage(f"{tag}{name}", ["python", "analyze.py", name, *args, "--out", str(report)],
+                                [str(report / output)], inputs))
+    seed_dirs = [out / f"seed_{s}" for s in range(cfg.seed, cfg.seed + cfg.seeds)]
+    analysis_marks = [o for s in stages if s.name.split("/")[-1] in ("eval", "weights", "kl", "consistency")
+                      for o in s.outputs]
+    stages.append(Stage("report", ["python", "analyze.py", "report", "--runs", *[str(d / "runs") for d in seed_dirs],
+                                   "--analyses", *[str(d / "report") for d in seed_dirs], "--base", base,
+                                   "--out", str(out / "report"), "--no-compute"],
+                        [str(out / "report" / "report.md")],
+                        [o for s in stages if s.name.split("/")[-1] != "report" for o in s.outputs
+                         if o.endswith(("run.json", "merge_report.json"))] + analysis_marks))
     return stages
 
 
@@ -480,4 +508,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(cli(sys.argv[1:]))
+    run(main, cli(sys.argv[1:]), "experiment.py")

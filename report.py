@@ -449,13 +449,21 @@ def cost_table(founds: list[dict]) -> tuple[str, dict] | None:
             # merge_report.json or run.json of this run in each folder
             infos = [f["merged"].get(n, {}).get("report", {}) if kind == "merge" else
                      f["train"].get(n, {}).get("run", {}) for f in founds]
-            rows.append([label, n, infos[0].get("device", "n/a"), infos[0].get("world_size", 1),
+            rows.append([label, n, infos[0].get("steps_done", "") if kind != "merge" else "",
+                         infos[0].get("device", "n/a"), infos[0].get("world_size", 1),
                          spread_text([i.get("wall_s") for i in infos]), spread_text(seeds(kind, n))])
     md = ("Every run and merge. Device-hours = wall time x processes; a training run's wall time counts its steps "
           "(train.py's run.json), a merge's the whole merge.py process" +
           (f"; mean over the {len(founds)} runs folders, with their min to max" if len(founds) > 1 else "") + ":\n\n")
-    md += md_table(["kind", "run", "device", "processes", "wall s", "device-hours"], rows)
+    md += md_table(["kind", "run", "steps", "device", "processes", "wall s", "device-hours"], rows)
     mixed_name = costs[0]["mixed"]
+    steps = {kind: sorted({t["run"].get("steps_done") for t in founds[0]["train"].values() if t["kind"] == kind} - {None})
+             for kind in ("expert", "mixed")}
+    if steps["expert"] and steps["mixed"]:
+        md += (f"\nThe comparison: the mixed run's {'/'.join(map(str, steps['mixed']))} steps against "
+               f"{len([t for t in founds[0]['train'].values() if t['kind'] == 'expert'])} experts of "
+               f"{'/'.join(map(str, steps['expert']))} steps each. The paper compares its 400-step mixed run with four "
+               "200-step experts plus a merge: the mixed run took 33.2% of their GPU hours.\n")
     md += (f"\nEach way to one model for all domains, and the mixed run's cost as a fraction of it"
            f"{f' (mixed run: {mixed_name})' if mixed_name else ' (no mixed run found)'}:\n\n")
     md += md_table(["approach", "device-hours", "mixed / approach"],
@@ -575,7 +583,7 @@ def compute_missing(found: dict, models: dict, where: Path, cfg: analyze.ReportC
     level = {"max_new_tokens": budget.pop()} if len(budget) == 1 else {}
     if models["base"] and others and not files["eval"].exists():
         analyze.run_eval(analyze.EvalConfig(models=[f"base={models['base']}", *named(others)], out=str(where),
-                                            device=cfg.device, **level))
+                                            n_problems=cfg.eval_problems, k=cfg.eval_k, device=cfg.device, **level))
     if models["base"] and trained and not files["weights"].exists():
         # the trained models only: with every merge too, the pair plots would be unreadable
         analyze.run_weights(analyze.WeightsConfig(models=named(trained), base=models["base"], out=str(where),
@@ -586,7 +594,7 @@ def compute_missing(found: dict, models: dict, where: Path, cfg: analyze.ReportC
         analyze.run_kl(analyze.KLConfig(
             experts=named(models["experts"]), multitask=first_mt and f"{first_mt[0]}={first_mt[1]}",
             merged=named({**extra_mt, **models["distilled"], **models["merged"]}), out=str(where),
-            device=cfg.device, **level))
+            n_problems=cfg.kl_problems, device=cfg.device, **level))
     combined = {**models["multitask"], **models["merged"], **models["distilled"]}
     if (files["eval"].exists() and models["base"] and models["experts"] and combined
             and not files["consistency"].exists()):

@@ -13,9 +13,9 @@ import pytest
 import experiment
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--domains", "math,code", "--steps", "2", "--methods", "ties,dare",
-         "--train-args=--mix uniform --filter-zero-var --prompts-per-step 4 --group-size 2",
-         "--opd-args=--mix uniform --prompts-per-step 4 --group-size 2",
+SMALL = ["--domains", "math,code", "--steps", "2", "--mixed-steps", "2", "--methods", "ties,dare",
+         "--train-args=--prompts-per-step 4 --group-size 2",
+         "--opd-args=--prompts-per-step 4 --group-size 2",
          "--eval-problems", "2", "--eval-k", "1", "--kl-problems", "2", "--max-new-tokens", "8"]
 
 
@@ -26,40 +26,65 @@ def small_cfg(out) -> experiment.Config:
 def test_cli_parses_comma_lists_and_rejects_unknown_names(tmp_path):
     cfg = small_cfg(tmp_path)
     assert cfg.domains == ("math", "code") and cfg.methods == ["ties", "dare"] and cfg.steps == 2
-    with pytest.raises(ValueError, match="unknown merge method"):
-        experiment.Config(methods=["ties", "nope"])
-    with pytest.raises(ValueError, match="unknown domain"):
+    with pytest.raises(experiment.UserError, match="unknown merge method"):
+        experiment.plan(experiment.Config(methods=["ties", "nope"]))
+    with pytest.raises(experiment.UserError, match="unknown domain"):
         experiment.Config(domains=("math", "poetry"))
+
+
+def test_default_methods_are_the_papers_merge_table():
+    import merge
+    assert experiment.Config().methods == list(merge.PAPER_TABLE.values())
 
 
 def test_plan_orders_stages_and_wires_experts_into_merges_and_opd(tmp_path):
     stages = experiment.plan(small_cfg(tmp_path))
     names = [s.name for s in stages]
-    assert names == ["base", "train/math", "train/code", "train/mixed", "merge/ties", "merge/dare", "train/opd",
+    assert names == ["sft", "train/math", "train/code", "train/mixed", "merge/ties", "merge/dare", "train/opd",
                      "eval", "weights", "kl", "consistency", "report"]
     made = set()
     for s in stages:   # a stage only reads what an earlier stage writes
         assert set(s.inputs) <= made, (s.name, set(s.inputs) - made)
         made |= set(s.outputs)
     by = {s.name: s for s in stages}
-    runs = tmp_path / "runs"
-    base = str(tmp_path / "base" / "checkpoints" / "step_000000")
+    runs, base = tmp_path / "seed_0" / "runs", str(tmp_path / "base")
+    assert by["sft"].cmd == ["python", "sft.py", "--out", base]
     assert by["merge/ties"].cmd[by["merge/ties"].cmd.index("--base") + 1] == base
     assert by["merge/dare"].cmd[by["merge/dare"].cmd.index("--models") + 1] == f"{runs / 'math'},{runs / 'code'}"
     opd = by["train/opd"].cmd
     assert opd[opd.index("--teachers") + 1] == f"math={runs / 'math'},code={runs / 'code'}"
     assert opd[opd.index("--domains") + 1] == "math,code"
-    # every training run: the same step count, resumable, one process on CPU
+    # every training run starts from the SFT base, resumable, one process on CPU
     for name in ("train/math", "train/code", "train/mixed", "train/opd"):
-        assert by[name].train_steps == 2 and "--resume" in by[name].cmd and by[name].cmd[:2] == ["python", "train.py"]
-    assert by["base"].cmd[by["base"].cmd.index("--steps") + 1] == "0"
+        cmd = by[name].cmd
+        assert by[name].train_steps == 2 and "--resume" in cmd and cmd[:2] == ["python", "train.py"]
+        assert cmd[cmd.index("--model") + 1] == base
 
 
-def test_steps_default_to_train_presets(tmp_path):
-    by = {s.name: s for s in experiment.plan(experiment.Config(out=str(tmp_path)))}
-    import train
-    assert by["train/math"].train_steps == train.PRESETS["tiny"].steps
-    assert "--steps" not in by["train/math"].cmd
+def test_experts_and_mixed_take_their_own_step_counts(tmp_path):
+    """The paper's recipe: the mixed run twice an expert's steps (paper: 400 and 200)."""
+    cfg = experiment.Config(out=str(tmp_path))
+    by = {s.name: s for s in experiment.plan(cfg)}
+    assert (cfg.steps, cfg.mixed_steps) == (by["train/math"].train_steps, by["train/mixed"].train_steps)
+    assert cfg.mixed_steps == 2 * cfg.steps and by["train/opd"].train_steps == cfg.steps
+
+
+def test_seeds_repeat_every_run_and_merge_and_report_over_all_of_them(tmp_path):
+    cfg = experiment.cli(["--out", str(tmp_path), *SMALL, "--seeds", "2", "--seed", "5"])
+    stages = experiment.plan(cfg)
+    names = [s.name for s in stages]
+    assert names[0] == "sft" and names[-1] == "report" and names.count("sft") == 1
+    for seed in (5, 6):
+        assert f"s{seed}/train/math" in names and f"s{seed}/merge/ties" in names and f"s{seed}/eval" in names
+        cmd = next(s.cmd for s in stages if s.name == f"s{seed}/train/mixed")
+        assert cmd[cmd.index("--seed") + 1] == str(seed)
+        assert cmd[cmd.index("--out-dir") + 1] == str(tmp_path / f"seed_{seed}" / "runs")
+    report = stages[-1].cmd
+    runs = report[report.index("--runs") + 1: report.index("--analyses")]
+    assert runs == [str(tmp_path / f"seed_{s}" / "runs") for s in (5, 6)]
+    # every seed's eval scores the same problems, so the report can average them per problem
+    evals = [s.cmd for s in stages if s.name.endswith("/eval")]
+    assert {c[c.index("--problem-seed") + 1] for c in evals} == {"0"}
 
 
 def touch(path: Path, when: float) -> None:
@@ -113,15 +138,22 @@ def test_paper_preset_writes_the_commands_and_runs_nothing(tmp_path):
     lines = [line for line in script.splitlines() if line and not line.startswith("#")]
     train_lines = [line for line in lines if " train.py " in line]
     launch = "torchrun --standalone --nproc_per_node=8 train.py"
-    # 4 experts, mixed and MT-OPD on 8 GPUs with the paper presets; the base saved by one process
-    assert sum(line.startswith(launch + " --preset paper ") for line in train_lines) == 5
+    # 4 experts (200 steps), the mixed run (400) and MT-OPD (200) on 8 GPUs with the paper presets; no SFT stage:
+    # the paper's SFT checkpoint is the base
+    assert sum(line.startswith(launch + " --preset paper ") for line in train_lines) == 4
+    assert sum(line.startswith(launch + " --preset paper-mixed ") for line in train_lines) == 1
     assert sum(line.startswith(launch + " --preset paper-opd ") for line in train_lines) == 1
+    assert not any(" --steps " in line for line in train_lines)   # the presets' own step counts
+    import train
+    assert [train.PRESETS[p].steps for p in ("paper", "paper-mixed", "paper-opd")] == [200, 400, 200]
+    assert "sft.py" not in script
     assert all("--model /path/to/Qwen3-4B-Base-SFT" in line for line in train_lines)
     assert all("--data /path/to/Nemotron-3-Nano-RL-Training-Blend/train.jsonl" in line for line in train_lines)
-    assert "--teachers math=out/paper/runs/math,code=out/paper/runs/code,science=out/paper/runs/science," \
-           "if=out/paper/runs/if".replace("out/paper", str(out)) in script
+    runs = out / "seed_0" / "runs"
+    assert f"--teachers math={runs}/math,code={runs}/code,science={runs}/science,if={runs}/if" in script
     import merge
-    assert [m for m in merge.METHODS if f"merge.py --method {m} " in script] == list(merge.METHODS)
+    assert sorted(m for m in merge.METHODS if f"merge.py --method {m} " in script) == sorted(merge.PAPER_TABLE.values())
+    assert all(f"--base /path/to/Qwen3-4B-Base-SFT" in line for line in lines if " merge.py " in line)
     assert "--max-new-tokens 8192" in script and "aime24=/path/to/benchmarks/aime24.jsonl" in script
     assert lines[-1].startswith("python analyze.py report")
 
@@ -130,7 +162,7 @@ def test_failed_stage_is_named_with_its_log(tmp_path):
     r = subprocess.run([sys.executable, "experiment.py", "--out", str(tmp_path), *SMALL, "--model",
                         str(tmp_path / "no-such-model")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    assert "stage 'base' failed" in r.stderr and str(tmp_path / "logs" / "base.log") in r.stderr
+    assert "stage 'train/math' failed" in r.stderr and str(tmp_path / "logs" / "train-math.log") in r.stderr
     assert "no-such-model" in r.stderr   # the tail of the log says why
 
 
@@ -142,10 +174,10 @@ def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
     cmd = [sys.executable, "experiment.py", "--out", str(tmp_path), *SMALL]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    runs, report = tmp_path / "runs", tmp_path / "report"
-    # the base every merge is taken against is the step-0 model of every run (kept: 2 steps, 2 checkpoints)
+    runs, analyses, report = tmp_path / "seed_0" / "runs", tmp_path / "seed_0" / "report", tmp_path / "report"
+    # the base every merge is taken against (sft.py's) is the step-0 model of every run
     from safetensors.torch import load_file
-    base = load_file(tmp_path / "base" / "checkpoints" / "step_000000" / "model.safetensors")
+    base = load_file(tmp_path / "base" / "model.safetensors")
     for name in ("math", "code", "mixed", "opd"):
         step0 = load_file(runs / name / "checkpoints" / "step_000000" / "model.safetensors")
         assert base.keys() == step0.keys() and all(base[k].equal(step0[k]) for k in base)
@@ -157,8 +189,9 @@ def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
     for m in ("ties", "dare"):
         rep = json.loads((runs / f"merge-{m}" / "merge_report.json").read_text())
         assert rep["method"] == m and rep["wall_s"] > 0
-    for name in ("eval.json", "weights.json", "kl.json", "consistency.json", "cost.json"):
-        assert (report / name).exists(), name
+    for name in ("eval.json", "weights.json", "kl.json", "consistency.json"):
+        assert (analyses / name).exists(), name
+    assert (report / "cost.json").exists()
 
     md = (report / "report.md").read_text()
     assert "Not available" not in md

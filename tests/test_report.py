@@ -196,7 +196,7 @@ def test_report_goes_under_the_runs_folder(tmp_path):
 
 def perturbed(seed: int, frac: float = 0.1):
     """The tiny base (seed 0) with 10% of its entries moved: a stand-in for an RL-trained checkpoint."""
-    net = model.load_model("tiny", seed=0)
+    net = model.load_model("tiny-init", seed=0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
@@ -207,7 +207,7 @@ def perturbed(seed: int, frac: float = 0.1):
 def write_run(root: Path, name: str, domains: list[str], wall_s: float, net) -> str:
     d = root / name
     model.save_pretrained(net, model.load_tokenizer("tiny"), str(d))
-    (d / "run.json").write_text(json.dumps({"config": {"domains": domains, "model": "tiny"}, "wall_s": wall_s,
+    (d / "run.json").write_text(json.dumps({"config": {"domains": domains, "model": "tiny-init"}, "wall_s": wall_s,
                                             "world_size": 1, "device": "cpu", "device_hours": wall_s / 3600}))
     lines = []
     for step in range(6):
@@ -227,7 +227,7 @@ def runs_dir(tmp_path_factory):
     experts = {"math": perturbed(1), "if": perturbed(2)}
     paths = {dom: write_run(root, dom, [dom], 100.0, net) for dom, net in experts.items()}
     paths["multitask"] = write_run(root, "math-if", ["math", "if"], 150.0, perturbed(3))
-    merged = model.load_model("tiny", seed=0)
+    merged = model.load_model("tiny-init", seed=0)
     sds = [net.state_dict() for net in experts.values()]
     merged.load_state_dict({k: (sds[0][k] + sds[1][k]) / 2 for k in sds[0]})
     model.save_pretrained(merged, model.load_tokenizer("tiny"), str(root / "ties"))
@@ -378,7 +378,7 @@ def test_report_of_several_seeds(tmp_path):
     assert stats["vs_mixed"]["ties"]["embedded/math"]["value"] == pytest.approx(
         (per_problem("ties", "embedded/math") - per_problem("mixed", "embedded/math")).mean())
     # cost over seeds: each expert 100 s and 120 s
-    assert "| expert run | math | cpu | 1 | 110 (seeds 100 to 120) | 0.0306 (seeds 0.0278 to 0.0333) |" in text
+    assert "| expert run | math |  | cpu | 1 | 110 (seeds 100 to 120) | 0.0306 (seeds 0.0278 to 0.0333) |" in text
     # consistency on both seeds' samples pooled: the cosine of the seed-averaged gains
     cons = json.loads((out / "consistency_seeds.json").read_text())
     pooled = {n: np.concatenate([per_problem(n, "embedded/math").mean(0), per_problem(n, "embedded/if").mean(0)])
