@@ -978,9 +978,9 @@ def kl_markdown(res: dict, delta: list[list[str]] | None = None) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def read_per_problem(path: str | Path) -> list[dict]:
-    if not Path(path).exists():
-        raise UserError(f"no per-problem results {path} (written by `analyze.py eval`)")
+def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, record) of each non-blank line of a JSON-lines file; a line that is not a JSON object
+    holding every one of `fields` is a UserError naming the file and line."""
     records = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -990,13 +990,21 @@ def read_per_problem(path: str | Path) -> list[dict]:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-            for key in ("model", "benchmark", "id", "domain", "rewards"):
-                if key not in r:
+            for key in fields:
+                if not isinstance(r, dict) or key not in r:
                     raise UserError(f"{path}: line {n}: missing field {key!r}")
-            if not isinstance(r["rewards"], list) or not r["rewards"]:
-                raise UserError(f"{path}: line {n}: field 'rewards' must be a non-empty list")
-            records.append(r)
+            records.append((n, r))
     return records
+
+
+def read_per_problem(path: str | Path) -> list[dict]:
+    if not Path(path).exists():
+        raise UserError(f"no per-problem results {path} (written by `analyze.py eval`)")
+    records = read_jsonl(path, ("model", "benchmark", "id", "domain", "rewards"))
+    for n, r in records:
+        if not isinstance(r["rewards"], list) or not r["rewards"]:
+            raise UserError(f"{path}: line {n}: field 'rewards' must be a non-empty list")
+    return [r for _, r in records]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -167,19 +167,7 @@ def problem_scores(seed_records: list[list[dict]]) -> dict:
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl of a training run: one JSON object with a "step" per line."""
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "step" not in row:
-                raise UserError(f"{path}: line {n}: missing field 'step'")
-            rows.append(row)
-    return rows
+    return [row for _, row in analyze.read_jsonl(path, ("step",))]
 
 
 def find_checkpoint(folder: Path) -> str | None:

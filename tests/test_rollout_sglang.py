@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # also when run as the torchrun worker below
 import model as modeling  # noqa: E402
 import rollout_sglang as rs  # noqa: E402
+from fsdp_no_grad import GatherRecorder  # noqa: E402   the two-process test's recorder of all-gathers
 EOS = 2
 
 
@@ -462,19 +463,6 @@ def test_fsdp2_bf16_buckets_gather_bf16_shards(fsdp_buckets):
         for name, t in got["weights_bf16"].items():
             assert t.dtype == torch.bfloat16 and torch.equal(t, ref[name].detach().to(torch.bfloat16)), (rank, name)
     assert sum(b for got in fsdp_buckets for _, b in got["gathers_fp32"]) == fp32_bytes
-
-
-class GatherRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """dtype and bytes of the input of every all-gather (how DTensor.full_tensor moves an FSDP2 shard)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops._c10d_functional.all_gather_into_tensor.default:
-            self.seen.append((args[0].dtype, args[0].numel() * args[0].element_size()))
-        return func(*args, **(kwargs or {}))
 
 
 def _read_buckets(net, dtype):
