@@ -101,6 +101,10 @@ class Config:
     scale the paper's SFT checkpoint."""
     data: str = "embedded"
     """Training rows (train.py --data): 'embedded' or the Nemotron RL blend."""
+    kinds: str = ""
+    """Shares of the small world's item kinds in every RL pool (train.py --kinds), e.g.
+    shared=0.2,specific=0.2,conflict=0.6; empty: train.py's default. The eval always scores the same kinds at
+    the same shares, so runs with other knobs are comparable (data/embedded.py)."""
     nproc: int = 1
     """Processes per training run; more than 1 launches torchrun (one per GPU)."""
     parallel: int = 2
@@ -212,7 +216,8 @@ def plan(cfg: Config) -> list[Stage]:
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         tag = f"s{seed}/" if cfg.seeds > 1 else ""
         runs, report = out / f"seed_{seed}" / "runs", out / f"seed_{seed}" / "report"
-        common = ["--model", base, "--data", cfg.data, "--seed", str(seed), "--out-dir", str(runs), "--resume"]
+        common = ["--model", base, "--data", cfg.data, "--seed", str(seed), "--out-dir", str(runs), "--resume",
+                  *(["--kinds", cfg.kinds] if cfg.kinds else [])]
 
         def train_stage(name: str, domains: tuple[str, ...], extra: list[str], steps: int | None,
                         inputs: list[str]) -> Stage:

@@ -57,13 +57,18 @@ TINY_VOCAB = 1024
 def build_tiny_tokenizer_json() -> str:
     """Train the tiny byte-level BPE and return its tokenizer.json text (deterministic, a few seconds).
 
-    Corpus: the prompts and demonstrations of the embedded world (data/embedded.py, train split, seed 0).
+    Corpus: the prompts and demonstrations of the embedded world (data/embedded.py, train split, seed 0), and
+    judging prompts on a tenth of them (data/judge.py).
     Every digit is its own pre-token, so no merge ever spans a digit and numbers are spelled digit by
     digit: that keeps arithmetic learnable for a tiny model."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from data.embedded import DOMAINS, sft_examples
-    corpus = [text for d in DOMAINS for e in sft_examples(d, 3000) for text in (e["prompt"][-1]["content"], e["completion"])]
+    from data.judge import MODES, judge_prompt, verdict_text
+    demos = [e for d in DOMAINS for e in sft_examples(d, 3000)]
+    corpus = [text for e in demos for text in (e["prompt"][-1]["content"], e["completion"])]
+    corpus += [judge_prompt(e["prompt"][-1]["content"], e["completion"], MODES[i % 2])[0]["content"] + verdict_text(i % 3 == 0)
+               for i, e in enumerate(demos[::10])]   # the judging demonstrations' words (sft.py)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])

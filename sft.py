@@ -61,6 +61,10 @@ class Config:
     threads: int = 1
     """CPU threads; fixed so that the run gives the same bits whatever machine size it runs on (one thread is
     as fast as two for this model on a machine that has other work, and never splits a reduction)."""
+    judge_share: float = 0.1
+    """Share of the steps that train on judging demonstrations (data/judge.py: is this response right?), for
+    the self-verification analysis. They come in batches of their own, so their long prompts do not pad the
+    other batches."""
     eval_problems: int = 200
     """Held-out problems per domain for the report (the eval split, never trained on)."""
     eval_k: int = 4
@@ -96,6 +100,11 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, attn, labels
 
 
+def judging_steps(cfg: Config) -> set[int]:
+    """The steps that train on judging demonstrations: evenly spread, cfg.judge_share of them."""
+    return {s for s in range(cfg.steps) if int((s + 1) * cfg.judge_share) > int(s * cfg.judge_share)}
+
+
 def lr_at(step: int, cfg: Config) -> float:
     """Linear warmup over cfg.warmup steps, then cosine from cfg.lr to 0 at cfg.steps."""
     if step < cfg.warmup:
@@ -120,10 +129,12 @@ def held_out(policy, tokenizer, cfg: Config) -> dict:
         plans = [not s["text"].startswith("<think></think>") for s in samples]
         rewards = [g["reward"] for g in graded]
         mean = lambda xs: sum(xs) / len(xs) if xs else None   # noqa: E731
+        kinds = [r.get("kind") for r in rows for _ in range(cfg.eval_k)]
         report[d] = {"avg@k": mean(rewards), "k": cfg.eval_k, "n": len(rows), "plan_share": mean(plans),
                      "acc_with_plan": mean([r for r, p in zip(rewards, plans) if p]),
                      "acc_without_plan": mean([r for r, p in zip(rewards, plans) if not p]),
-                     "truncated": mean([s["truncated"] for s in samples])}
+                     "truncated": mean([s["truncated"] for s in samples]),
+                     "by_kind": {k: mean([r for r, kk in zip(rewards, kinds) if kk == k]) for k in dict.fromkeys(kinds)}}
     return report
 
 
@@ -160,20 +171,31 @@ def main(cfg: Config) -> dict:
 
     import data
     import model as modeling
+    from data.judge import judge_examples
 
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     tokenizer = modeling.load_tokenizer("tiny")
     policy = modeling.load_model("tiny-init", seed=cfg.seed).train()
-    per_domain = -(-cfg.steps * cfg.batch_size // len(cfg.domains))
-    print(f"generating {per_domain} demonstrations of each of {', '.join(cfg.domains)} (a minute or two)", flush=True)
-    examples = [e for d in cfg.domains for e in data.sft_examples(d, per_domain, seed=cfg.seed)]
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    pairs = encode(tokenizer, [examples[i] for i in order])
+    judge_steps = judging_steps(cfg)
+    n_solve, n_judge = (cfg.steps - len(judge_steps)) * cfg.batch_size, len(judge_steps) * cfg.batch_size
+    per_domain, judge_per_domain = -(-n_solve // len(cfg.domains)), -(-n_judge // len(cfg.domains))
+    print(f"generating {per_domain} demonstrations and {judge_per_domain} judging demonstrations of each of "
+          f"{', '.join(cfg.domains)} (a few minutes)", flush=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    solve = [e for d in cfg.domains for e in data.sft_examples(d, per_domain, seed=cfg.seed)]
+    judge = [e for d in cfg.domains for e in judge_examples(d, judge_per_domain, seed=cfg.seed)]
+    solve = encode(tokenizer, [solve[i] for i in torch.randperm(len(solve), generator=gen).tolist()])
+    judge = encode(tokenizer, [judge[i] for i in torch.randperm(len(judge), generator=gen).tolist()])
+    batches, used = [], {"solve": 0, "judge": 0}
+    for step in range(cfg.steps):   # each step's batch: the next batch_size demonstrations of its kind
+        kind, pool = ("judge", judge) if step in judge_steps else ("solve", solve)
+        batches.append(pool[used[kind]: used[kind] + cfg.batch_size])
+        used[kind] += cfg.batch_size
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     bar = tqdm(range(cfg.steps), desc="sft", unit="step")
     for step in bar:
-        ids, attn, labels = collate(pairs[step * cfg.batch_size: (step + 1) * cfg.batch_size], tokenizer.pad_token_id)
+        ids, attn, labels = collate(batches[step], tokenizer.pad_token_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss = policy(input_ids=ids, attention_mask=attn, labels=labels).loss
@@ -194,7 +216,8 @@ def main(cfg: Config) -> dict:
     print("held-out accuracy (avg@%d at temperature 1):" % cfg.eval_k)
     for d, r in report["held_out"].items():
         print(f"  {d:8s} {r['avg@k']:.3f}   plans {r['plan_share']:.2f}   with a plan {r['acc_with_plan'] or 0:.2f}"
-              f"   without {r['acc_without_plan'] or 0:.2f}")
+              f"   without {r['acc_without_plan'] or 0:.2f}   by kind: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["by_kind"].items()))
     print(f"wrote {cfg.out} ({train_s:.0f} s training, {report['wall_s']:.0f} s in all)")
     return report
 

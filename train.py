@@ -84,6 +84,9 @@ class Config:
     data: str = "embedded"
     """Training rows: 'embedded', a .jsonl/.parquet/... file or dataset directory, or a Hub id such as
     nvidia/Nemotron-3-Nano-RL-Training-Blend (row schema or the Nemotron RL blend; data/README.md)."""
+    kinds: str = data.RL_KINDS_SPEC
+    """Shares of the embedded world's item kinds in the RL pools, e.g. shared=0.4,specific=0.3,conflict=0.3
+    (data/embedded.py says what each kind teaches; the eval always uses the same shares); other --data ignore it."""
     model: str = "tiny"
     """Starting model: 'tiny' (the SFT base shipped in data/tiny_sft, built by sft.py), 'smollm2-135m', or any
     HF causal LM path or hub id."""
@@ -170,6 +173,10 @@ class Config:
         unknown = [d for d in self.domains if d not in data.DOMAINS]
         if unknown or not self.domains:
             raise UserError(f"unknown domain(s) {unknown or '(none given)'}; valid: {', '.join(data.DOMAINS)}")
+        try:
+            data.parse_kinds(self.kinds)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if self.resume and self.overwrite:
             raise UserError("--resume continues a run and --overwrite deletes it: give one of them")
         assert self.group_size >= 2, "GRPO needs at least 2 completions per prompt"
@@ -747,7 +754,7 @@ def main(cfg: Config) -> None:
 
     # --- data: fails before any model work on a bad path, a bad row or an unknown domain
     try:
-        rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed)
+        rows = data.load(cfg.data, list(cfg.domains), "train", seed=cfg.seed, kinds=cfg.kinds)
     except (ValueError, FileNotFoundError) as e:   # the loaders' errors name the file, line and field
         raise UserError(str(e) if str(e).startswith(f"--data {cfg.data}") else f"--data {cfg.data}: {e}") from None
     pools = {d: [r for r in rows if r["domain"] == d] for d in cfg.domains}

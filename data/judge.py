@@ -99,15 +99,14 @@ def plan_of(completion: str) -> str:
 def judge_examples(domain: str, n: int, *, seed: int = 0) -> list[dict]:
     """n judging demonstrations of `domain` for sft.py: {"prompt", "completion", "teacher": "judge", "mode",
     "label"}. Each judges a response of data.embedded.sft_examples (so careful, slip and hasty responses, right
-    and wrong), labelled by the paper grader; the mode alternates at random."""
+    and wrong), labelled with the paper grader's verdict; the mode alternates at random."""
     from data.embedded import sft_examples
-    from verifiers import VERIFIERS
 
     rng = random.Random(f"judge-{domain}-{seed}")
     out = []
     for demo in sft_examples(domain, n, seed=10_000 + seed):
         row, response = demo["row"], demo["completion"]
-        correct = VERIFIERS[domain](response, row, grader="paper") == 1.0
+        correct = demo["right"]   # the paper grader's verdict, known from the teacher (no sandbox run per demo)
         mode = rng.choice(MODES)
         completion = f"<think>{plan_of(row['reference'])}</think>{verdict_text(correct)}"
         out.append({"prompt": judge_prompt(question_text(row), response, mode), "completion": completion,
