@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data
-from analyze import fmt, sig, write_json
+from stats import fmt, sig, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ Statistics (every number is also in stats.json):
 
 import json
 import os
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,79 +50,15 @@ import numpy as np
 
 import analyze
 import data
-from analyze import UserError, fmt, md_table, read_json, sig, write_atomic, write_json
+from cli import UserError
+# the statistics below are stats.py's (tests and callers also read them here: report.estimate)
+from stats import (bench_rng, est_text, estimate, fmt, interval_text, md_table, percentile_interval,  # noqa: F401
+                   read_json, read_jsonl, resample_means, sig, significant, spread_text, write_atomic, write_json)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics: bootstrap intervals over problems, paired differences, seeds
+# Per-problem scores (the bootstrap itself: stats.py)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def bench_rng(seed: int, benchmark: str) -> np.random.Generator:
-    """The resampling generator of one benchmark: the same for every model and difference on it, so that
-    they are all measured on the same resampled problems."""
-    return np.random.default_rng([seed, zlib.crc32(benchmark.encode())])
-
-
-def resample_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) means of x over len(x) entries drawn with replacement: a percentile bootstrap's replicates."""
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))  # (n_boot, n)
-    return x[idx].mean(axis=1)
-
-
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    lo, hi = np.percentile(replicates, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def estimate(scores: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict | None:
-    """scores {benchmark: (seeds, problems) per-problem scores} -> {"value", "lo", "hi", "seeds", "n"}: the mean
-    over benchmarks of the mean over problems of the seed-averaged scores, its 95% percentile bootstrap
-    interval, each seed's own value, and the number of problems. A difference of two models is the estimate
-    of their per-problem differences. None without a benchmark."""
-    scores = {b: s for b, s in scores.items() if s.shape[1]}
-    if not scores:
-        return None
-    reps = np.mean([resample_means(s.mean(0), n_boot, bench_rng(seed, b)) for b, s in scores.items()], axis=0)
-    lo, hi = percentile_interval(reps)
-    return {"value": float(np.mean([s.mean() for s in scores.values()])), "lo": lo, "hi": hi,
-            "seeds": np.mean([s.mean(1) for s in scores.values()], axis=0).tolist(),
-            "n": sum(s.shape[1] for s in scores.values())}
-
-
-def significant(e: dict) -> bool:
-    """The 95% interval excludes 0."""
-    return e["lo"] > 0 or e["hi"] < 0
-
-
-def interval_text(e: dict | None, diff: bool = False) -> str:
-    """"[0.350, 0.470]" (a difference: "[+0.050, +0.190]"), then "; seeds a to b" when there are several."""
-    if e is None:
-        return "n/a"
-    f = (lambda x: f"{x:+.3f}") if diff else (lambda x: f"{x:.3f}")  # noqa: E731
-    text = f"[{f(e['lo'])}, {f(e['hi'])}]"
-    if len(e["seeds"]) > 1:
-        text += f"; seeds {f(min(e['seeds']))} to {f(max(e['seeds']))}"
-    return text
-
-
-def est_text(e: dict | None, diff: bool = False) -> str:
-    """"0.412 [0.350, 0.470]"; a difference "+0.120 [+0.050, +0.190] sig" (or n.s.); then the seeds, if several."""
-    if e is None:
-        return "n/a"
-    interval, _, seeds = interval_text(e, diff).partition("; ")
-    verdict = (" sig" if significant(e) else " n.s.") if diff else ""
-    value = f"{e['value']:+.3f}" if diff else f"{e['value']:.3f}"
-    return f"{value} {interval}{verdict}" + (f"; {seeds}" if seeds else "")
-
-
-def spread_text(values: list, f=sig) -> str:
-    """One value as it is; several (one per seed) as "mean (seeds min to max)"; n/a when any is missing."""
-    if not values or any(v is None for v in values):
-        return "n/a"
-    if len(values) == 1:
-        return f(values[0])
-    return f"{f(float(np.mean(values)))} (seeds {f(min(values))} to {f(max(values))})"
 
 
 def problem_scores(seed_records: list[list[dict]]) -> dict:
@@ -167,7 +102,7 @@ def problem_scores(seed_records: list[list[dict]]) -> dict:
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl of a training run: one JSON object with a "step" per line."""
-    return [row for _, row in analyze.read_jsonl(path, ("step",))]
+    return [row for _, row in read_jsonl(path, ("step",))]
 
 
 def find_checkpoint(folder: Path) -> str | None:
