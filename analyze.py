@@ -243,7 +243,7 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
                   top_p: float, batch_size: int, seed: int, think: bool, workers: int, bar=None,
                   grader: str = "paper") -> list[dict]:
     """k samples per row, each graded by its domain's verifier -> one {"id", "domain", "rewards", "lengths",
-    "truncated", "errors"} per row."""
+    "truncated", "errors"} per row, and the row's "kind" when it has one (the small world's item kinds)."""
     import model
     out = []
     for b in range(0, len(rows), batch_size):
@@ -262,6 +262,7 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
                 "lengths": [len(samples[j]["completion_ids"]) for j in mine],
                 "truncated": sum(samples[j]["truncated"] for j in mine),
                 "errors": sum(graded[j].get("error") is not None for j in mine),
+                **({"kind": row["kind"]} if "kind" in row else {}),   # the small world's item kind, for report
             })
         if bar is not None:
             bar.update(len(batch))

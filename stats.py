@@ -97,7 +97,8 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[tuple[int, dic
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics: bootstrap intervals over problems, paired differences, seeds
+# Statistics: a hierarchical bootstrap over seeds and problems, paired differences, one-sided bounds at 0 and
+# 1, the validation slice that picks the best merge
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -118,19 +119,61 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
     return float(lo), float(hi)
 
 
-def estimate(scores: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict | None:
-    """scores {benchmark: (seeds, problems) per-problem scores} -> {"value", "lo", "hi", "seeds", "n"}: the mean
-    over benchmarks of the mean over problems of the seed-averaged scores, its 95% percentile bootstrap
-    interval, each seed's own value, and the number of problems. A difference of two models is the estimate
-    of their per-problem differences. None without a benchmark."""
+def seed_rng(seed: int) -> np.random.Generator:
+    """The generator that resamples seeds: one for every benchmark and model, so that a replicate of a mean over
+    benchmarks, and of every model and difference, draws the same seeds."""
+    return np.random.default_rng([seed, zlib.crc32(b"seeds")])
+
+
+def hierarchical_means(x: np.ndarray, seed_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) replicates of the mean of x (seeds, problems) under a two-level bootstrap: row r takes the
+    seeds seed_idx[r] (S drawn with replacement), and for each of them n problems drawn with replacement from
+    that seed's row, independently per drawn seed. Paired: a difference of two models resampled with the same
+    seed_idx and rng uses the same seeds and, within each, the same problems for both."""
+    n_boot, S = seed_idx.shape
+    prob = rng.integers(0, x.shape[1], size=(n_boot, S, x.shape[1]))   # (n_boot, S, n)
+    return x[seed_idx[:, :, None], prob].mean(axis=(1, 2))
+
+
+def one_sided_bound(n_samples: int, level: float = 0.95) -> float:
+    """Clopper-Pearson one-sided bound for 0 successes in n samples: the p with (1 - p)^n = 1 - level (the
+    lower bound for n of n is 1 minus it). Samples of different problems may differ in their chances: all n
+    fail with probability prod(1 - p_i) <= (1 - mean p)^n (AM-GM), so the bound holds for the mean chance."""
+    return 1.0 - (1.0 - level) ** (1.0 / n_samples)
+
+
+def estimate(scores: dict[str, np.ndarray], *, n_boot: int, seed: int,
+             samples: dict[str, int] | None = None) -> dict | None:
+    """scores {benchmark: (seeds, problems) per-problem scores} -> {"value", "lo", "hi", "seeds", "n",
+    "n_seeds", "bound"}: the mean over benchmarks of the mean over seeds and problems, its 95% interval, each
+    seed's own value, and the numbers of problems and seeds. A difference of two models is the estimate of
+    their per-problem differences (paired). None without a benchmark.
+
+    The interval: percentile bootstrap, hierarchical. Each replicate draws the seeds with replacement
+    (seed_rng), then within each drawn seed the problems of each benchmark with replacement (bench_rng); with
+    one seed only problems are resampled, so the interval is eval noise on that one checkpoint. samples
+    {benchmark: graded samples per score}: when given and every score is 0 (or every one 1), the bootstrap's
+    [0, 0] says nothing, and the interval is the one-sided 95% bound over the graded samples instead
+    (seeds x problems x samples): [0, one_sided_bound], "bound": "upper" (or [1 - it, 1], "lower")."""
     scores = {b: s for b, s in scores.items() if s.shape[1]}
     if not scores:
         return None
-    reps = np.mean([resample_means(s.mean(0), n_boot, bench_rng(seed, b)) for b, s in scores.items()], axis=0)
+    n_seeds = {s.shape[0] for s in scores.values()}
+    assert len(n_seeds) == 1, f"every benchmark needs the same seeds, got {n_seeds}"
+    S = n_seeds.pop()
+    seed_idx = seed_rng(seed).integers(0, S, size=(n_boot, S))   # (n_boot, S)
+    reps = np.mean([hierarchical_means(s, seed_idx, bench_rng(seed, b)) for b, s in scores.items()], axis=0)
     lo, hi = percentile_interval(reps)
-    return {"value": float(np.mean([s.mean() for s in scores.values()])), "lo": lo, "hi": hi,
-            "seeds": np.mean([s.mean(1) for s in scores.values()], axis=0).tolist(),
-            "n": sum(s.shape[1] for s in scores.values())}
+    e = {"value": float(np.mean([s.mean() for s in scores.values()])), "lo": lo, "hi": hi,
+         "seeds": np.mean([s.mean(1) for s in scores.values()], axis=0).tolist(),
+         "n": sum(s.shape[1] for s in scores.values()), "n_seeds": S, "bound": None}
+    if samples is not None:
+        n_graded = sum(s.size * samples[b] for b, s in scores.items())
+        if all((s == 0).all() for s in scores.values()):
+            e |= {"lo": 0.0, "hi": one_sided_bound(n_graded), "bound": "upper"}
+        elif all((s == 1).all() for s in scores.values()):
+            e |= {"lo": 1.0 - one_sided_bound(n_graded), "hi": 1.0, "bound": "lower"}
+    return e
 
 
 def significant(e: dict) -> bool:
@@ -139,11 +182,12 @@ def significant(e: dict) -> bool:
 
 
 def interval_text(e: dict | None, diff: bool = False) -> str:
-    """"[0.350, 0.470]" (a difference: "[+0.050, +0.190]"), then "; seeds a to b" when there are several."""
+    """"[0.350, 0.470]" (a difference: "[+0.050, +0.190]"; a one-sided bound: "[0.000, 0.023] one-sided"), then
+    "; seeds a to b" when there are several."""
     if e is None:
         return "n/a"
     f = (lambda x: f"{x:+.3f}") if diff else (lambda x: f"{x:.3f}")  # noqa: E731
-    text = f"[{f(e['lo'])}, {f(e['hi'])}]"
+    text = f"[{f(e['lo'])}, {f(e['hi'])}]" + (" one-sided" if e.get("bound") else "")
     if len(e["seeds"]) > 1:
         text += f"; seeds {f(min(e['seeds']))} to {f(max(e['seeds']))}"
     return text
@@ -166,3 +210,14 @@ def spread_text(values: list, f=sig) -> str:
     if len(values) == 1:
         return f(values[0])
     return f"{f(float(np.mean(values)))} (seeds {f(min(values))} to {f(max(values))})"
+
+
+VALIDATION_EVERY = 4
+"""One problem in VALIDATION_EVERY is in the validation slice (by its id's hash), the rest in the test slice."""
+
+
+def is_validation(problem_id) -> bool:
+    """The problem is in the validation slice: crc32 of its id (as text) is divisible by VALIDATION_EVERY. Stable
+    across runs, seeds and models, and about a quarter of every benchmark; the report picks the best merge on
+    this slice and measures it on the rest, so the pick does not inflate the measured difference."""
+    return zlib.crc32(str(problem_id).encode()) % VALIDATION_EVERY == 0

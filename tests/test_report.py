@@ -30,6 +30,26 @@ def plain_interval(x: np.ndarray, benchmark: str, seed: int = 0, n_boot: int = 1
     return float(lo), float(hi)
 
 
+def plain_hier_interval(scores: dict[str, np.ndarray], seed: int = 0, n_boot: int = 1000) -> tuple[float, float]:
+    """The hierarchical interval written out with Python loops: replicate r draws S seeds with replacement (the
+    seeds generator), then for each drawn seed that seed's problems of each benchmark with replacement (the
+    benchmark's generator); its value is the mean over benchmarks of the mean over the drawn (seed, problem)
+    pairs; numpy's percentiles."""
+    S = next(iter(scores.values())).shape[0]
+    seeds = np.random.default_rng([seed, zlib.crc32(b"seeds")]).integers(0, S, size=(n_boot, S))
+    probs = {b: np.random.default_rng([seed, zlib.crc32(b.encode())]).integers(0, s.shape[1], size=(n_boot, S, s.shape[1]))
+             for b, s in scores.items()}
+    means = []
+    for r in range(n_boot):
+        per_bench = []
+        for b, s in scores.items():
+            vals = [float(s[seeds[r][i], j]) for i in range(S) for j in probs[b][r][i]]
+            per_bench.append(sum(vals) / len(vals))
+        means.append(sum(per_bench) / len(per_bench))
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def test_estimate_matches_a_plain_loop():
     x = np.random.default_rng(1).random(30)
     e = report.estimate({"b": x[None]}, n_boot=1000, seed=0)
@@ -71,12 +91,13 @@ def test_estimate_over_benchmarks_resamples_each_benchmark():
     assert (e["lo"], e["hi"]) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
 
 
-def test_estimate_with_seeds_averages_each_problem_first():
+def test_estimate_with_seeds_resamples_seeds_then_problems():
     s = np.array([[1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 0.5]])   # 2 seeds x 4 problems
     e = report.estimate({"b": s}, n_boot=1000, seed=0)
     avg = s.mean(axis=0)
     assert e["value"] == pytest.approx(avg.mean()) and e["seeds"] == pytest.approx([0.5, 0.375])
-    assert (e["lo"], e["hi"]) == pytest.approx(plain_interval(avg, "b"))
+    assert (e["lo"], e["hi"]) == pytest.approx(plain_hier_interval({"b": s}))
+    assert e["n_seeds"] == 2 and e["bound"] is None
     assert report.est_text(e) == f"0.438 [{e['lo']:.3f}, {e['hi']:.3f}]; seeds 0.375 to 0.500"
     assert report.est_text({"value": 0.1, "lo": 0.05, "hi": 0.15, "seeds": [0.1]}, diff=True) == \
         "+0.100 [+0.050, +0.150] sig"
@@ -351,7 +372,7 @@ def test_report_of_several_seeds(tmp_path):
     def expected(s: np.ndarray, bench: str, diff: bool = False) -> str:
         """A main-table value and its interval column, or a difference's cell, from the rewards above."""
         avg, seeds = s.mean(axis=0), s.mean(axis=1)
-        lo, hi = plain_interval(avg, bench)
+        lo, hi = plain_hier_interval({bench: s})
         f = (lambda x: f"{x:+.3f}") if diff else (lambda x: f"{x:.3f}")
         spread = f"seeds {f(seeds.min())} to {f(seeds.max())}"
         if not diff:
