@@ -1064,7 +1064,7 @@ class ReportConfig:
     consistency.json), in the order of --runs: read there, and computed there when missing (--compute).
     Default: --out with one runs folder, <runs>/analysis for each of several."""
     out: str | None = None
-    """report.md, its plots and stats.json; default <runs>/analysis, and with several runs folders analysis/
+    """report.md, report.json, its plots and stats.json; default <runs>/analysis, and with several runs folders analysis/
     in the folder that holds them all."""
     base: str | None = None
     """Base model; default: a run's saved step-0 checkpoint, else config["model"] of the runs."""
@@ -1084,7 +1084,7 @@ class ReportConfig:
     kl_problems: int = 16
     """Prompts per domain of the KL matrix it computes."""
     n_boot: int = 1000
-    """Bootstrap resamples of the problems behind every 95% interval."""
+    """Bootstrap resamples behind every 95% interval (seeds, then problems within each seed: report.py)."""
     seed: int = 0
     """Seed of the bootstrap resampling."""
     device: str = "auto"

@@ -1,7 +1,7 @@
-"""report.md from folders of training runs and the analyses of analyze.py: the runs, training curves, the
-main table with 95% bootstrap intervals, the differences that matter with paired intervals (each model vs the
-base, each expert on its own domain, each merge and MT-OPD vs the mixed model), the cost, and the weight, KL
-and consistency sections. Run through analyze.py (its ReportConfig holds the flags):
+"""report.md and report.json from folders of training runs and the analyses of analyze.py: the runs, training
+curves, the main table with 95% bootstrap intervals, accuracy per domain and item kind, the differences that
+matter with paired intervals (each model vs the base, the expert x domain transfer matrix, each merge and
+MT-OPD vs the mixed model, mixed - best merge), the cost, and the weight, KL and consistency sections. Run through analyze.py (its ReportConfig holds the flags):
 
     python analyze.py report --runs out                       # one experiment: out/analysis/report.md
     python analyze.py report --runs out/exp/seed_0/runs out/exp/seed_1/runs \
@@ -28,17 +28,29 @@ evaluated are used (`analyze.py eval` draws the same problems for every training
 Training curves show every seed in its run's colour; the weight and KL sections show the first seed in full
 and every seed's headline numbers; consistency pools the samples of all seeds.
 
-Statistics (every number is also in stats.json):
-- score of a model on a problem: the mean reward of its k samples (avg@k) or the unbiased pass@k; with
-  several seeds, the mean of the seeds' scores. A table cell is the mean score over a benchmark's problems.
-- 95% interval: percentile bootstrap over problems. Each benchmark has its own generator, seeded by (--seed,
-  crc32 of its name), that draws --n-boot resamples of its problems with replacement; the interval runs from
-  the 2.5th to the 97.5th percentile of the resampled means (numpy's linear interpolation).
+Statistics (every table's numbers are in report.json; the accuracy estimates also in stats.json; the code is
+stats.py's estimate):
+- score of a model on a problem: the mean reward of its k samples (avg@k) or the unbiased pass@k, per seed.
+  A table cell is the mean score over a benchmark's problems and the seeds.
+- 95% interval: percentile bootstrap, hierarchical. Each of --n-boot resamples draws the seeds with
+  replacement (one generator, seeded by (--seed, crc32 of "seeds"), shared by every benchmark and model), then
+  for each drawn seed that seed's problems of a benchmark with replacement (each benchmark its own generator,
+  seeded by (--seed, crc32 of its name)); the interval runs from the 2.5th to the 97.5th percentile of the
+  resampled means (numpy's linear interpolation). With one seed only problems are resampled: eval noise on
+  one checkpoint per method, which the report says.
+- a cell at exactly 0 or 1 (every graded sample wrong, or right): the one-sided 95% Clopper-Pearson bound over
+  N = seeds x problems x k graded samples (k the fewest samples a problem has; pass@k: seeds x problems),
+  [0, 1 - 0.05^(1/N)] or [0.05^(1/N), 1], marked one-sided.
 - mean over benchmarks: the mean of the benchmark means; its resamples are the means of every benchmark's
-  resampled means (problems resampled within each benchmark).
+  resampled means (the same seeds drawn for all, problems resampled within each benchmark).
 - difference of two models: the same statistic of the per-problem differences, so both models are scored on
-  the same resampled problems (a paired bootstrap); significant when its interval excludes 0.
+  the same resampled seeds and problems (a paired bootstrap); significant when its interval excludes 0.
 - seeds: each seed's own value of the statistic, shown as "seeds min to max".
+- mixed - best merge: the best merge is the one with the highest mean over benchmarks on the validation slice
+  (problems whose id's crc32 is divisible by 4, stats.is_validation), and the difference is measured on the
+  other problems (the test slice).
+- per item kind (rows with a "kind", the small world's): the cells' statistics on the problems of one
+  (domain, kind); the transfer matrix: each expert minus the base on each domain's problems (paired).
 """
 
 import json
