@@ -52,7 +52,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -67,10 +66,13 @@ from tqdm import tqdm
 import data
 import verifiers
 from cli import Names, UserError, looks_local  # noqa: F401  (tests and report.py use analyze.UserError)
+# stats.py holds the helpers plots.py and report.py share with this module; re-exported for code that reads them
+# here (analyze.write_json, analyze.fmt)
+from stats import clean_json, fmt, md_table, read_json, read_jsonl, sig, write_atomic, write_json  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shared helpers: named model specs and their checks, atomic writes, tables
+# Shared helpers: named model specs and their checks (JSON, formatting and tables: stats.py)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -142,60 +144,6 @@ def load_named(name: str, spec: str, device: str, tokenizer: bool = True):
         return model.load_tokenizer(spec) if tokenizer else None, load_policy(spec, device)
     except (OSError, UserError) as e:   # transformers: OSError for a missing hub model; model.py: UserError
         raise UserError(f"model {name!r}: cannot load {spec!r}: {first_line(e)}") from None
-
-
-def clean_json(obj):
-    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python, tuples -> lists, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_atomic(path, json.dumps(clean_json(obj), indent=1) + "\n")
-
-
-def read_json(path: str | Path) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-
-
-def fmt(x, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def sig(x, digits: int = 3) -> str:
-    """A number to `digits` significant figures in plain decimals (0.0000123, 12300), or n/a: KLs of close
-    policies and the costs of tiny runs are far below 0.001."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return np.format_float_positional(x, precision=digits, fractional=False, trim="-")
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    cells = [[fmt(c) if isinstance(c, float) or c is None else str(c) for c in row] for row in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,7 +243,7 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
                   top_p: float, batch_size: int, seed: int, think: bool, workers: int, bar=None,
                   grader: str = "paper") -> list[dict]:
     """k samples per row, each graded by its domain's verifier -> one {"id", "domain", "rewards", "lengths",
-    "truncated", "errors"} per row."""
+    "truncated", "errors"} per row, and the row's "kind" when it has one (the small world's item kinds)."""
     import model
     out = []
     for b in range(0, len(rows), batch_size):
@@ -314,6 +262,7 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
                 "lengths": [len(samples[j]["completion_ids"]) for j in mine],
                 "truncated": sum(samples[j]["truncated"] for j in mine),
                 "errors": sum(graded[j].get("error") is not None for j in mine),
+                **({"kind": row["kind"]} if "kind" in row else {}),   # the small world's item kind, for report
             })
         if bar is not None:
             bar.update(len(batch))
@@ -978,25 +927,6 @@ def kl_markdown(res: dict, delta: list[list[str]] | None = None) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """(line number, record) of each non-blank line of a JSON-lines file; a line that is not a JSON object
-    holding every one of `fields` is a UserError naming the file and line."""
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-            for key in fields:
-                if not isinstance(r, dict) or key not in r:
-                    raise UserError(f"{path}: line {n}: missing field {key!r}")
-            records.append((n, r))
-    return records
-
-
 def read_per_problem(path: str | Path) -> list[dict]:
     if not Path(path).exists():
         raise UserError(f"no per-problem results {path} (written by `analyze.py eval`)")
@@ -1134,7 +1064,7 @@ class ReportConfig:
     consistency.json), in the order of --runs: read there, and computed there when missing (--compute).
     Default: --out with one runs folder, <runs>/analysis for each of several."""
     out: str | None = None
-    """report.md, its plots and stats.json; default <runs>/analysis, and with several runs folders analysis/
+    """report.md, report.json, its plots and stats.json; default <runs>/analysis, and with several runs folders analysis/
     in the folder that holds them all."""
     base: str | None = None
     """Base model; default: a run's saved step-0 checkpoint, else config["model"] of the runs."""
@@ -1154,7 +1084,7 @@ class ReportConfig:
     kl_problems: int = 16
     """Prompts per domain of the KL matrix it computes."""
     n_boot: int = 1000
-    """Bootstrap resamples of the problems behind every 95% interval."""
+    """Bootstrap resamples behind every 95% interval (seeds, then problems within each seed: report.py)."""
     seed: int = 0
     """Seed of the bootstrap resampling."""
     device: str = "auto"
@@ -1167,18 +1097,15 @@ SUBCOMMANDS = {"eval": EvalConfig, "weights": WeightsConfig, "kl": KLConfig, "co
                "report": ReportConfig}
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None, run_report=None) -> None:
     """Parse the command line (before torch or matplotlib is imported, so --help is quick), run the
-    subcommand, and print a UserError as one line with exit status 1."""
+    subcommand, and print a UserError as one line with exit status 1. run_report: report.run_report, passed in
+    by the script below, since report.py imports this module and is not imported back (no import cycle)."""
     try:
         cfg = tyro.extras.subcommand_cli_from_dict(SUBCOMMANDS, args=args)
         print(json.dumps({type(cfg).__name__: asdict(cfg)}))
-        if isinstance(cfg, ReportConfig):
-            import report   # report.py imports this module, so it comes in here rather than at the top
-            report.run_report(cfg)
-        else:
-            {EvalConfig: run_eval, WeightsConfig: run_weights, KLConfig: run_kl,
-             ConsistencyConfig: run_consistency}[type(cfg)](cfg)
+        {EvalConfig: run_eval, WeightsConfig: run_weights, KLConfig: run_kl, ConsistencyConfig: run_consistency,
+         ReportConfig: run_report}[type(cfg)](cfg)
     except UserError as e:
         sub = next((a for a in (sys.argv[1:] if args is None else args) if a in SUBCOMMANDS), "")
         sys.exit(f"analyze.py {sub}: error: {e}")
@@ -1186,6 +1113,13 @@ def main(args: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # Run as the module "analyze", not "__main__": report.py and plots.py import analyze, and must share its
-    # classes (UserError, the configs) with the code that runs.
+    # classes (UserError, the configs) with the code that runs. report.py sits above this module (it runs the
+    # analyses), so only this script part, which runs as the module "__main__", imports it, and only for the
+    # report subcommand (--help stays quick).
     import analyze
-    analyze.main()
+
+    def run_report(cfg: ReportConfig) -> None:
+        import report
+        report.run_report(cfg)
+
+    analyze.main(run_report=run_report)

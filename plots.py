@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data
-from analyze import fmt, sig, write_json
+from stats import fmt, sig, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,6 +249,25 @@ def plot_kl(res: dict, path: Path) -> None:
     if res.get("perf_change") is None:
         fig.text(0.5, -0.02, "accuracy change: not available (no eval.json for these models)", ha="center")
     save_plot(fig, path, {"domains": rows, "models": cols, **own, "perf_change": res.get("perf_change")})
+
+
+def plot_transfer(transfer: dict, path: Path) -> None:
+    """The expert x domain transfer matrix (report.py's transfer_stats): each expert's gain over the base on
+    each domain, with its 95% interval written in the cell; diverging colours centred on 0."""
+    experts = list(transfer)
+    domains = list(dict.fromkeys(d for row in transfer.values() for d in row))
+    cell = lambda e, key: e[key] if e else None  # noqa: E731
+    value = [[cell(transfer[x].get(d), "value") for d in domains] for x in experts]
+    lo = [[cell(transfer[x].get(d), "lo") for d in domains] for x in experts]
+    hi = [[cell(transfer[x].get(d), "hi") for d in domains] for x in experts]
+    text = [[f"{v:+.2f}\n[{a:+.2f}, {b:+.2f}]" if v is not None else "n/a" for v, a, b in zip(*rows)]
+            for rows in zip(value, lo, hi)]
+    lim = max([abs(v) for row in value for v in row if finite(v)] + [1e-3])
+    fig, ax = plt.subplots(figsize=(1.3 * len(domains) + 2.5, 0.7 * len(experts) + 1.6), layout="constrained")
+    heatmap(ax, value, [f"expert {x}" for x in experts], domains, "gain over the base (avg@k), 95% interval",
+            text=text, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xlabel("evaluated domain")
+    save_plot(fig, path, {"experts": experts, "domains": domains, "gain": value, "lo": lo, "hi": hi})
 
 
 def plot_kl_cross(res: dict, columns: list[str], path: Path) -> None:

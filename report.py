@@ -1,7 +1,7 @@
-"""report.md from folders of training runs and the analyses of analyze.py: the runs, training curves, the
-main table with 95% bootstrap intervals, the differences that matter with paired intervals (each model vs the
-base, each expert on its own domain, each merge and MT-OPD vs the mixed model), the cost, and the weight, KL
-and consistency sections. Run through analyze.py (its ReportConfig holds the flags):
+"""report.md and report.json from folders of training runs and the analyses of analyze.py: the runs, training
+curves, the main table with 95% bootstrap intervals, accuracy per domain and item kind, the differences that
+matter with paired intervals (each model vs the base, the expert x domain transfer matrix, each merge and
+MT-OPD vs the mixed model, mixed - best merge), the cost, and the weight, KL and consistency sections. Run through analyze.py (its ReportConfig holds the flags):
 
     python analyze.py report --runs out                       # one experiment: out/analysis/report.md
     python analyze.py report --runs out/exp/seed_0/runs out/exp/seed_1/runs \
@@ -28,22 +28,33 @@ evaluated are used (`analyze.py eval` draws the same problems for every training
 Training curves show every seed in its run's colour; the weight and KL sections show the first seed in full
 and every seed's headline numbers; consistency pools the samples of all seeds.
 
-Statistics (every number is also in stats.json):
-- score of a model on a problem: the mean reward of its k samples (avg@k) or the unbiased pass@k; with
-  several seeds, the mean of the seeds' scores. A table cell is the mean score over a benchmark's problems.
-- 95% interval: percentile bootstrap over problems. Each benchmark has its own generator, seeded by (--seed,
-  crc32 of its name), that draws --n-boot resamples of its problems with replacement; the interval runs from
-  the 2.5th to the 97.5th percentile of the resampled means (numpy's linear interpolation).
+Statistics (every table's numbers are in report.json; the accuracy estimates also in stats.json; the code is
+stats.py's estimate):
+- score of a model on a problem: the mean reward of its k samples (avg@k) or the unbiased pass@k, per seed.
+  A table cell is the mean score over a benchmark's problems and the seeds.
+- 95% interval: percentile bootstrap, hierarchical. Each of --n-boot resamples draws the seeds with
+  replacement (one generator, seeded by (--seed, crc32 of "seeds"), shared by every benchmark and model), then
+  for each drawn seed that seed's problems of a benchmark with replacement (each benchmark its own generator,
+  seeded by (--seed, crc32 of its name)); the interval runs from the 2.5th to the 97.5th percentile of the
+  resampled means (numpy's linear interpolation). With one seed only problems are resampled: eval noise on
+  one checkpoint per method, which the report says.
+- a cell at exactly 0 or 1 (every graded sample wrong, or right): the one-sided 95% Clopper-Pearson bound over
+  N = seeds x problems x k graded samples (k the fewest samples a problem has; pass@k: seeds x problems),
+  [0, 1 - 0.05^(1/N)] or [0.05^(1/N), 1], marked one-sided.
 - mean over benchmarks: the mean of the benchmark means; its resamples are the means of every benchmark's
-  resampled means (problems resampled within each benchmark).
+  resampled means (the same seeds drawn for all, problems resampled within each benchmark).
 - difference of two models: the same statistic of the per-problem differences, so both models are scored on
-  the same resampled problems (a paired bootstrap); significant when its interval excludes 0.
+  the same resampled seeds and problems (a paired bootstrap); significant when its interval excludes 0.
 - seeds: each seed's own value of the statistic, shown as "seeds min to max".
+- mixed - best merge: the best merge is the one with the highest mean over benchmarks on the validation slice
+  (problems whose id's crc32 is divisible by 4, stats.is_validation), and the difference is measured on the
+  other problems (the test slice).
+- per item kind (rows with a "kind", the small world's): the cells' statistics on the problems of one
+  (domain, kind); the transfer matrix: each expert minus the base on each domain's problems (paired).
 """
 
 import json
 import os
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,85 +62,23 @@ import numpy as np
 
 import analyze
 import data
-from analyze import UserError, fmt, md_table, read_json, sig, write_atomic, write_json
+from cli import UserError
+# the statistics below are stats.py's (tests and callers also read them here: report.estimate)
+from stats import (VALIDATION_EVERY, bench_rng, est_text, estimate, fmt, interval_text,  # noqa: F401
+                   is_validation, md_table, percentile_interval, read_json, read_jsonl, resample_means, sig,
+                   significant, spread_text, write_atomic, write_json)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics: bootstrap intervals over problems, paired differences, seeds
+# Per-problem scores (the bootstrap itself: stats.py)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def bench_rng(seed: int, benchmark: str) -> np.random.Generator:
-    """The resampling generator of one benchmark: the same for every model and difference on it, so that
-    they are all measured on the same resampled problems."""
-    return np.random.default_rng([seed, zlib.crc32(benchmark.encode())])
-
-
-def resample_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) means of x over len(x) entries drawn with replacement: a percentile bootstrap's replicates."""
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))  # (n_boot, n)
-    return x[idx].mean(axis=1)
-
-
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    lo, hi = np.percentile(replicates, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def estimate(scores: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict | None:
-    """scores {benchmark: (seeds, problems) per-problem scores} -> {"value", "lo", "hi", "seeds", "n"}: the mean
-    over benchmarks of the mean over problems of the seed-averaged scores, its 95% percentile bootstrap
-    interval, each seed's own value, and the number of problems. A difference of two models is the estimate
-    of their per-problem differences. None without a benchmark."""
-    scores = {b: s for b, s in scores.items() if s.shape[1]}
-    if not scores:
-        return None
-    reps = np.mean([resample_means(s.mean(0), n_boot, bench_rng(seed, b)) for b, s in scores.items()], axis=0)
-    lo, hi = percentile_interval(reps)
-    return {"value": float(np.mean([s.mean() for s in scores.values()])), "lo": lo, "hi": hi,
-            "seeds": np.mean([s.mean(1) for s in scores.values()], axis=0).tolist(),
-            "n": sum(s.shape[1] for s in scores.values())}
-
-
-def significant(e: dict) -> bool:
-    """The 95% interval excludes 0."""
-    return e["lo"] > 0 or e["hi"] < 0
-
-
-def interval_text(e: dict | None, diff: bool = False) -> str:
-    """"[0.350, 0.470]" (a difference: "[+0.050, +0.190]"), then "; seeds a to b" when there are several."""
-    if e is None:
-        return "n/a"
-    f = (lambda x: f"{x:+.3f}") if diff else (lambda x: f"{x:.3f}")  # noqa: E731
-    text = f"[{f(e['lo'])}, {f(e['hi'])}]"
-    if len(e["seeds"]) > 1:
-        text += f"; seeds {f(min(e['seeds']))} to {f(max(e['seeds']))}"
-    return text
-
-
-def est_text(e: dict | None, diff: bool = False) -> str:
-    """"0.412 [0.350, 0.470]"; a difference "+0.120 [+0.050, +0.190] sig" (or n.s.); then the seeds, if several."""
-    if e is None:
-        return "n/a"
-    interval, _, seeds = interval_text(e, diff).partition("; ")
-    verdict = (" sig" if significant(e) else " n.s.") if diff else ""
-    value = f"{e['value']:+.3f}" if diff else f"{e['value']:.3f}"
-    return f"{value} {interval}{verdict}" + (f"; {seeds}" if seeds else "")
-
-
-def spread_text(values: list, f=sig) -> str:
-    """One value as it is; several (one per seed) as "mean (seeds min to max)"; n/a when any is missing."""
-    if not values or any(v is None for v in values):
-        return "n/a"
-    if len(values) == 1:
-        return f(values[0])
-    return f"{f(float(np.mean(values)))} (seeds {f(min(values))} to {f(max(values))})"
 
 
 def problem_scores(seed_records: list[list[dict]]) -> dict:
     """Per-problem scores from each seed's eval_per_problem records.
 
-    Returns {"models", "benchmarks", "seeds", "k", "ids": {b: [id]}, "domains": {b: [domain]}, "n_seen": {b: n},
+    Returns {"models", "benchmarks", "seeds", "k", "ids": {b: [id]}, "domains": {b: [domain]}, "kinds": {b: [kind
+    or None]}, "n_seen": {b: n},
     "avg": {model: {b: (seeds, problems)}}, "pass": ...}: for benchmark b, the models that have it in every
     seed, on the problems that every seed evaluated for every one of them (ids sorted). avg is the mean
     reward of the k samples; pass the unbiased pass@k, k the fewest samples any problem of b has."""
@@ -144,13 +93,14 @@ def problem_scores(seed_records: list[list[dict]]) -> dict:
     benches = [b for b in dict.fromkeys(r["benchmark"] for r in seed_records[0])
                if any(all((m, b) in t for t in tables) for m in models)]
     out = {"models": models, "benchmarks": benches, "seeds": len(tables), "k": {}, "ids": {}, "domains": {},
-           "n_seen": {}, "avg": defaultdict(dict), "pass": defaultdict(dict)}
+           "kinds": {}, "n_seen": {}, "avg": defaultdict(dict), "pass": defaultdict(dict)}
     for b in benches:
         have = [m for m in models if all((m, b) in t for t in tables)]
         ids = sorted(set.intersection(*(set(t[(m, b)]) for m in have for t in tables)))
         k = min(len(t[(m, b)][i]["rewards"]) for m in have for t in tables for i in ids) if ids else 0
         out["ids"][b], out["k"][b] = ids, k
         out["domains"][b] = [tables[0][(have[0], b)][i]["domain"] for i in ids] if ids else []
+        out["kinds"][b] = [tables[0][(have[0], b)][i].get("kind") for i in ids] if ids else []   # None: no kind
         out["n_seen"][b] = max(len(t[(m, b)]) for m in have for t in tables)
         for m in have:
             rows = [[t[(m, b)][i]["rewards"] for i in ids] for t in tables]   # (seeds, problems, samples)
@@ -167,7 +117,7 @@ def problem_scores(seed_records: list[list[dict]]) -> dict:
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl of a training run: one JSON object with a "step" per line."""
-    return [row for _, row in analyze.read_jsonl(path, ("step",))]
+    return [row for _, row in read_jsonl(path, ("step",))]
 
 
 def find_checkpoint(folder: Path) -> str | None:
@@ -263,19 +213,22 @@ def roles(models: dict, evaluation: dict) -> dict:
 def accuracy_stats(ps: dict, who: dict, *, n_boot: int, seed: int) -> dict:
     """Every estimate the report states, from problem_scores: cells[metric][model][benchmark or "mean"],
     vs_base[model][benchmark or "mean"], expert_gain[(domain, benchmark or "mean")], vs_mixed[model][...]."""
-    est = lambda scores: estimate(scores, n_boot=n_boot, seed=seed)  # noqa: E731
+    est = lambda scores, samples=None: estimate(scores, n_boot=n_boot, seed=seed, samples=samples)  # noqa: E731
     benches = ps["benchmarks"]
 
-    def row(scores_of: dict) -> dict:   # one estimate per benchmark, and their mean when every one is there
-        cells = {b: est({b: scores_of[b]}) for b in benches if b in scores_of}
-        cells["mean"] = est(scores_of) if len(scores_of) == len(benches) else None
+    def row(scores_of: dict, samples: dict | None = None) -> dict:   # per benchmark, and their mean when all there
+        cells = {b: est({b: scores_of[b]}, samples) for b in benches if b in scores_of}
+        cells["mean"] = est(scores_of, samples) if len(scores_of) == len(benches) else None
         return cells
 
     def diff(a: str, b: str, metric: str = "avg") -> dict:
         sa, sb = ps[metric].get(a, {}), ps[metric].get(b, {})
         return row({x: sa[x] - sb[x] for x in benches if x in sa and x in sb})
 
-    out = {"cells": {m: {name: row(ps[m][name]) for name in ps["models"]} for m in ("avg", "pass")}}
+    # a cell at 0 or 1 gets a one-sided bound: over the k graded samples of each problem and seed for avg@k (k the
+    # fewest any problem has, so the bound errs wide), over each problem's one pass/fail for pass@k
+    samples = {"avg": ps["k"], "pass": dict.fromkeys(benches, 1)}
+    out = {"cells": {m: {name: row(ps[m][name], samples[m]) for name in ps["models"]} for m in ("avg", "pass")}}
     base, mixed = who["base"], who["mixed"]
     out["vs_base"] = {n: diff(n, base) for n in ps["models"] if base in ps["avg"] and n != base}
     out["vs_mixed"] = {n: diff(n, mixed) for n in who["combined"] if mixed in ps["avg"] and n in ps["avg"]}
@@ -302,7 +255,93 @@ def accuracy_stats(ps: dict, who: dict, *, n_boot: int, seed: int) -> dict:
     out["experts_own"] = row(own)
     if mixed in ps["avg"]:
         out["experts_own_vs_mixed"] = row({b: s - ps["avg"][mixed][b] for b, s in own.items() if b in ps["avg"][mixed]})
+    out["kinds"] = kind_stats(ps, n_boot=n_boot, seed=seed)
+    out["transfer"] = transfer_stats(ps, who, n_boot=n_boot, seed=seed)
+    out["best_merge"] = best_merge_stats(ps, who, n_boot=n_boot, seed=seed)
     return out
+
+
+def masked(scores_of: dict, mask_of: dict) -> dict:
+    """{b: scores (seeds, problems) restricted to the problems mask_of[b] keeps}, for the benchmarks keeping any."""
+    return {b: s[:, mask_of[b]] for b, s in scores_of.items() if b in mask_of and mask_of[b].any()}
+
+
+def kind_stats(ps: dict, *, n_boot: int, seed: int) -> dict:
+    """{model: {domain: {kind: estimate}}}: avg@k on the problems of each (domain, item kind), over the benchmarks
+    holding them (the mean of their benchmark means), with the cells' intervals and one-sided bounds. Empty when
+    no problem has a kind (real data has none; the small world's rows carry one)."""
+    pairs = list(dict.fromkeys((d, k) for b in ps["benchmarks"] for d, k in zip(ps["domains"][b], ps["kinds"][b])
+                               if k is not None))
+    out = {}
+    for name in ps["models"]:
+        for d, kind in pairs:
+            mask = {b: np.array([(dd, kk) == (d, kind) for dd, kk in zip(ps["domains"][b], ps["kinds"][b])], bool)
+                    for b in ps["benchmarks"]}
+            scores = masked(ps["avg"][name], mask)
+            if scores:
+                out.setdefault(name, {}).setdefault(d, {})[kind] = estimate(
+                    scores, n_boot=n_boot, seed=seed, samples=ps["k"])
+    return out
+
+
+def transfer_stats(ps: dict, who: dict, *, n_boot: int, seed: int) -> dict:
+    """The expert x domain transfer matrix {expert's domain: {domain: estimate}}: each expert's avg@k gain over
+    the base on every domain's problems (paired per problem, over the benchmarks holding that domain), the end
+    points of the paper's Figure 2. The diagonal is each expert on its own domain."""
+    base = who["base"]
+    if base not in ps["avg"]:
+        return {}
+    domains = list(dict.fromkeys(d for b in ps["benchmarks"] for d in ps["domains"][b]))
+    domains = [d for d in data.DOMAINS if d in domains] + [d for d in domains if d not in data.DOMAINS]
+    out = {}
+    for de, e in who["experts"].items():
+        if e not in ps["avg"]:
+            continue
+        gain = {b: ps["avg"][e][b] - ps["avg"][base][b] for b in ps["benchmarks"]
+                if b in ps["avg"][e] and b in ps["avg"][base]}
+        out[de] = {d: estimate(masked(gain, {b: np.array([x == d for x in ps["domains"][b]], bool) for b in gain}),
+                               n_boot=n_boot, seed=seed) for d in domains}
+    return out
+
+
+def best_merge_stats(ps: dict, who: dict, *, n_boot: int, seed: int) -> dict | None:
+    """The best merge picked on the validation slice, measured on the test slice (stats.is_validation splits
+    each benchmark's problems by a hash of their ids): {"model", "validation": {merge: mean avg@k over
+    benchmarks on validation}, "n_validation", "n_test": {benchmark: problems}, "mixed_minus_best": {benchmark or
+    "mean": estimate on the test slice}}. None without a mixed model, a merge, or validation problems of every
+    benchmark."""
+    merges = [n for n, kind in who["combined"].items() if kind == "merge" and n in ps["avg"]]
+    mixed = who["mixed"]
+    if mixed not in ps["avg"] or not merges:
+        return None
+    val = {b: np.array([is_validation(i) for i in ps["ids"][b]], bool) for b in ps["benchmarks"]}
+    test = {b: ~m for b, m in val.items()}
+    merges = [n for n in merges if all(b in ps["avg"][n] for b in ps["benchmarks"])]
+    if not merges or not all(val[b].any() and test[b].any() for b in ps["benchmarks"]):
+        return None
+    on_val = {n: float(np.mean([s.mean() for s in masked(ps["avg"][n], val).values()])) for n in merges}
+    best = max(merges, key=lambda n: on_val[n])   # ties: the first merge found
+    diff = masked({b: ps["avg"][mixed][b] - ps["avg"][best][b] for b in ps["benchmarks"]}, test)
+    cells = {b: estimate({b: s}, n_boot=n_boot, seed=seed) for b, s in diff.items()}
+    cells["mean"] = estimate(diff, n_boot=n_boot, seed=seed)
+    return {"model": best, "validation": on_val, "n_validation": {b: int(m.sum()) for b, m in val.items()},
+            "n_test": {b: int(m.sum()) for b, m in test.items()}, "mixed_minus_best": cells}
+
+
+def interval_note(n_seeds: int) -> str:
+    """What the report's 95% intervals resample, in a sentence."""
+    if n_seeds == 1:
+        return ("One seed: the 95% intervals resample problems only (a percentile bootstrap over each benchmark's "
+                "problems), so they measure eval noise on these checkpoints, not the spread between training runs; "
+                "run several seeds (experiment.py --seeds 3) for intervals about the methods.")
+    return (f"{n_seeds} seeds: the 95% intervals are a hierarchical percentile bootstrap, seeds resampled with "
+            "replacement, then each benchmark's problems with replacement within each resampled seed; a difference "
+            "resamples the same seeds and problems for both models (paired).")
+
+
+BOUND_NOTE = ("A cell at exactly 0 or 1 (every graded sample wrong, or every one right) shows the one-sided 95% "
+              "Clopper-Pearson bound over its graded samples (seeds x problems x samples, the fewest samples any "
+              "problem has; pass@k: seeds x problems), marked one-sided.")
 
 
 def main_table(ps: dict, stats: dict) -> str:
@@ -310,9 +349,10 @@ def main_table(ps: dict, stats: dict) -> str:
     kk = sorted(set(ps["k"].values()))
     k = kk[0] if len(kk) == 1 else "k"
     seeds = ("" if ps["seeds"] == 1 else
-             f"; the {ps['seeds']} seeds averaged per problem, then each seed's value as min to max")
-    md = (f"avg@{k}, the mean reward of each problem's samples ({', '.join(map(str, kk))} per problem), each cell "
-          f"with its 95% bootstrap interval over problems{seeds}:\n\n")
+             f"; the mean over the {ps['seeds']} seeds and the problems, then each seed's value as min to max")
+    md = (f"{interval_note(ps['seeds'])} {BOUND_NOTE}\n\n"
+          f"avg@{k}, the mean reward of each problem's samples ({', '.join(map(str, kk))} per problem), each cell "
+          f"with its 95% interval{seeds}:\n\n")
     # the value and its interval in two columns, so the value column holds a plain number
     cols = [*benches, "mean"]
     header = ["model"] + [h for b in cols for h in (f"{b} (n={len(ps['ids'][b])})" if b in ps["ids"] else b,
@@ -348,7 +388,57 @@ def differences(ps: dict, stats: dict, who: dict) -> str | None:
         md += md_table(["expert", "benchmark", "problems", "gain [95% interval]"],
                        [[f"{d} ({who['experts'][d]})", b, e["n"], est_text(e, diff=True)]
                         for (d, b), e in stats["expert_gain"].items() if e])
+    if stats.get("transfer"):
+        md += "\n" + transfer_table(stats, who)
     return md or None
+
+
+def transfer_table(stats: dict, who: dict) -> str:
+    """The expert x domain gain matrix with its intervals (the diagonal: each expert on its own domain)."""
+    domains = list(dict.fromkeys(d for row in stats["transfer"].values() for d in row))
+    return ("### Transfer: each expert's gain on every domain\n\nEach expert minus the base "
+            f"({who['base']}) on each domain's problems, avg@k, paired 95% intervals ({SIG_NOTE}); rows: the "
+            "expert's own domain, the diagonal its own gain (the end points of the paper's Figure 2):\n\n" +
+            md_table(["expert", *domains], [[f"{de} ({who['experts'][de]})"] +
+                                            [est_text(row.get(d), diff=True) for d in domains]
+                                            for de, row in stats["transfer"].items()]))
+
+
+def kind_tables(ps: dict, stats: dict) -> str | None:
+    """One table per domain: avg@k of every model on each item kind, with intervals; None without kinds."""
+    kinds = stats.get("kinds")
+    if not kinds:
+        return None
+    n = defaultdict(int)
+    for b in ps["benchmarks"]:
+        for d, k in zip(ps["domains"][b], ps["kinds"][b]):
+            n[(d, k)] += 1
+    md = ("### Per domain and item kind\n\navg@k of every model on the problems of each item kind of each domain "
+          "(the small world's kinds: shared, specific, conflict, composite), with the same intervals:\n")
+    domains = list(dict.fromkeys(d for rows in kinds.values() for d in rows))
+    for d in domains:
+        ks = list(dict.fromkeys(k for rows in kinds.values() for k in rows.get(d, {})))
+        md += f"\n{d}:\n\n" + md_table(["model", *[f"{k} (n={n[(d, k)]})" for k in ks]],
+                                       [[name] + [est_text(kinds[name].get(d, {}).get(k)) for k in ks]
+                                        for name in kinds])
+    return md
+
+
+def best_merge_text(stats: dict, who: dict) -> str | None:
+    """Mixed - best merge, the merge picked on the validation slice and measured on the test slice."""
+    bm = stats.get("best_merge")
+    if not bm:
+        return None
+    n_val, n_test = sum(bm["n_validation"].values()), sum(bm["n_test"].values())
+    return (f"\nMixed - best merge: the best merge is picked on a validation slice, not on the problems it is "
+            f"measured on. Each benchmark's problems are split by a hash of their ids (crc32 of the id divisible "
+            f"by {VALIDATION_EVERY}: validation) into validation ({n_val} problems) and test ({n_test}); the merge "
+            f"with the highest mean avg@k on validation is **{bm['model']}** (" +
+            ", ".join(f"{n} {fmt(v)}" for n, v in bm["validation"].items()) +
+            f"). {who['mixed']} minus {bm['model']} on the test slice: "
+            f"**{est_text(bm['mixed_minus_best'].get('mean'), diff=True)}** (mean over benchmarks); per benchmark: " +
+            ", ".join(f"{b} {est_text(e, diff=True)}" for b, e in bm["mixed_minus_best"].items() if b != "mean") +
+            ".\n")
 
 
 def combination_table(found: dict, ps: dict, stats: dict, who: dict) -> str | None:
@@ -384,6 +474,7 @@ def combination_table(found: dict, ps: dict, stats: dict, who: dict) -> str | No
           "experts), the fraction of positions whose updates disagree in sign, and the L2 norm of the merged "
           "update (merge_report.json of the first runs folder):\n\n")
     md += md_table(["kind", "model", *benches, "mean", "mean - mixed", "kept", "sign conflicts", "update norm"], rows)
+    md += best_merge_text(stats, who) or ""
     if stats["vs_mixed"]:
         md += f"\nEach combination minus the mixed model ({who['mixed']}) per benchmark, paired 95% intervals:\n\n"
         md += md_table(["model", *benches, "mean"], [[n] + [est_text(cells.get(b), diff=True) for b in cols]
@@ -405,8 +496,16 @@ def device_hours(run: dict) -> float | None:
     return None
 
 
+def completion_tokens(train_run: dict) -> float | None:
+    """A training run's sampled completion tokens: the sum over its metrics.jsonl steps of completion_tokens
+    (train.py sums it over ranks); None when no step logs it."""
+    got = [m["completion_tokens"] for m in train_run["metrics"] if m.get("completion_tokens") is not None]
+    return float(sum(got)) if got else None
+
+
 def cost_of(found: dict) -> dict:
-    """Device-hours of one runs folder: per run kind, and each way to one multi-domain model."""
+    """Device-hours and completion tokens of one runs folder: per run kind, and each way to one multi-domain
+    model (a merge samples nothing: 0 tokens)."""
     hours = {kind: {n: device_hours(t["run"]) for n, t in found["train"].items() if t["kind"] == kind}
              for kind in ("expert", "mixed", "opd")}
     hours["merge"] = {n: None if m["report"].get("wall_s") is None else float(m["report"]["wall_s"]) / 3600
@@ -418,8 +517,19 @@ def cost_of(found: dict) -> dict:
     approaches |= {f"experts + merge {n}": plus(h) for n, h in hours["merge"].items()}
     approaches |= {f"experts + MT-OPD run {n}": plus(h) for n, h in hours["opd"].items()}
     mixed_name, mixed = next(iter(hours["mixed"].items()), (None, None))
+    tokens = {kind: {n: completion_tokens(t) for n, t in found["train"].items() if t["kind"] == kind}
+              for kind in ("expert", "mixed", "opd")}
+    tokens["merge"] = dict.fromkeys(found["merged"], 0.0)
+    expert_tokens = (sum(tokens["expert"].values()) if tokens["expert"] and None not in tokens["expert"].values()
+                     else None)
+    plus_t = lambda t: None if expert_tokens is None or t is None else expert_tokens + t  # noqa: E731
+    approach_tokens = {f"mixed run {n}": t for n, t in tokens["mixed"].items()}
+    approach_tokens["experts alone (before combining)"] = expert_tokens
+    approach_tokens |= {f"experts + merge {n}": expert_tokens for n in tokens["merge"]}
+    approach_tokens |= {f"experts + MT-OPD run {n}": plus_t(t) for n, t in tokens["opd"].items()}
     return {"hours": hours, "experts_total": experts, "approaches": approaches, "mixed": mixed_name,
-            "mixed_fraction": {a: None if mixed is None or not h else mixed / h for a, h in approaches.items()}}
+            "mixed_fraction": {a: None if mixed is None or not h else mixed / h for a, h in approaches.items()},
+            "tokens": tokens, "approach_tokens": approach_tokens}
 
 
 def cost_table(founds: list[dict]) -> tuple[str, dict] | None:
@@ -428,6 +538,7 @@ def cost_table(founds: list[dict]) -> tuple[str, dict] | None:
     Beside each, the mixed run's cost as a fraction of it (the paper: 33.2% of separate training + merging).
     Several runs folders (seeds): the mean, and the seeds' min to max."""
     costs = [cost_of(f) for f in founds]
+    whole = lambda v: f"{v:.0f}"  # noqa: E731  (token counts)
     if not any(any(c["hours"][k] for k in ("expert", "mixed", "opd")) for c in costs):
         return None
     seeds = lambda key, name: [c["hours"][key].get(name) for c in costs]  # noqa: E731
@@ -439,11 +550,15 @@ def cost_table(founds: list[dict]) -> tuple[str, dict] | None:
                      f["train"].get(n, {}).get("run", {}) for f in founds]
             rows.append([label, n, infos[0].get("steps_done", "") if kind != "merge" else "",
                          infos[0].get("device", "n/a"), infos[0].get("world_size", 1),
-                         spread_text([i.get("wall_s") for i in infos]), spread_text(seeds(kind, n))])
+                         spread_text([i.get("wall_s") for i in infos]), spread_text(seeds(kind, n)),
+                         spread_text([c["tokens"][kind].get(n) for c in costs], whole)])
     md = ("Every run and merge. Device-hours = wall time x processes; a training run's wall time counts its steps "
           "(train.py's run.json), a merge's the whole merge.py process" +
-          (f"; mean over the {len(founds)} runs folders, with their min to max" if len(founds) > 1 else "") + ":\n\n")
-    md += md_table(["kind", "run", "steps", "device", "processes", "wall s", "device-hours"], rows)
+          (f"; mean over the {len(founds)} runs folders, with their min to max" if len(founds) > 1 else "") +
+          "; completion tokens: every completion the run sampled (metrics.jsonl's completion_tokens summed over "
+          "steps), n/a where its metrics lack them:\n\n")
+    md += md_table(["kind", "run", "steps", "device", "processes", "wall s", "device-hours", "completion tokens"],
+                   rows)
     mixed_name = costs[0]["mixed"]
     steps = {kind: sorted({t["run"].get("steps_done") for t in founds[0]["train"].values() if t["kind"] == kind} - {None})
              for kind in ("expert", "mixed")}
@@ -454,9 +569,10 @@ def cost_table(founds: list[dict]) -> tuple[str, dict] | None:
                "200-step experts plus a merge: the mixed run took 33.2% of their GPU hours.\n")
     md += (f"\nEach way to one model for all domains, and the mixed run's cost as a fraction of it"
            f"{f' (mixed run: {mixed_name})' if mixed_name else ' (no mixed run found)'}:\n\n")
-    md += md_table(["approach", "device-hours", "mixed / approach"],
+    md += md_table(["approach", "device-hours", "mixed / approach", "completion tokens"],
                    [[a, spread_text([c["approaches"].get(a) for c in costs]),
-                     spread_text([c["mixed_fraction"].get(a) for c in costs])] for a in costs[0]["approaches"]])
+                     spread_text([c["mixed_fraction"].get(a) for c in costs]),
+                     spread_text([c["approach_tokens"].get(a) for c in costs], whole)] for a in costs[0]["approaches"]])
     return md, costs[0] if len(costs) == 1 else {"seeds": costs}
 
 
@@ -530,6 +646,20 @@ def pooled_records(seed_records: list[list[dict]]) -> list[dict]:
     common = set.intersection(*(set(k) for k in keyed))
     return [{**r, "rewards": [v for k in keyed for v in k[key]["rewards"]]}
             for key, r in keyed[0].items() if key in common]
+
+
+def accuracy_json(ps: dict, stats: dict, who: dict) -> dict:
+    """report.json's accuracy sections: every estimate is {"value", "lo", "hi", "seeds", "n", "n_seeds",
+    "bound"} (report.py's docstring says what they resample)."""
+    return {"n_seeds": ps["seeds"], "intervals": f"{interval_note(ps['seeds'])} {BOUND_NOTE}", "roles": who,
+            "models": ps["models"], "benchmarks": ps["benchmarks"], "k": ps["k"],
+            "n_problems": {b: len(ids) for b, ids in ps["ids"].items()},
+            "main": stats["cells"], "vs_base": stats["vs_base"],
+            "expert_gain": {f"{d} on {b}": e for (d, b), e in stats["expert_gain"].items()},
+            "experts_own": stats["experts_own"], "experts_own_vs_mixed": stats.get("experts_own_vs_mixed"),
+            "vs_mixed": stats["vs_mixed"], "kinds": stats["kinds"], "transfer": stats["transfer"],
+            "best_merge": stats["best_merge"] and {**stats["best_merge"],
+                                                   "rule": f"validation: crc32(id) % {VALIDATION_EVERY} == 0"}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -609,7 +739,9 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     several = len(runs) > 1
     md = [f"# M2RL report\n\nRuns: {', '.join(f'`{r}`' for r in runs)}. Analyses: "
           f"{', '.join(f'`{a}`' for a in analyses)}. Every plot has its numbers in a .json beside it; every "
-          f"estimate is in stats.json.\n"]
+          f"table's numbers and intervals are in report.json (the accuracy estimates also in stats.json).\n"]
+    numbers = {"runs": [str(r) for r in runs], "analyses": [str(a) for a in analyses], "n_boot": cfg.n_boot,
+               "seed": cfg.seed}   # report.json: every table's numbers, filled section by section
 
     def missing(what: str) -> None:
         md.append(f"**Not available:** {what}\n")
@@ -657,6 +789,7 @@ def run_report(cfg: analyze.ReportConfig) -> str:
                                         **{key: stats[key] for key in ("cells", "vs_base", "vs_mixed", "experts_own")},
                                         "expert_gain": {f"{d} on {b}": e
                                                         for (d, b), e in stats["expert_gain"].items()}})
+        numbers |= accuracy_json(ps, stats, who)
     md.append("## 3. Main table: accuracy of every model on every benchmark\n")
     if ps:
         md.append(main_table(ps, stats))
@@ -668,9 +801,15 @@ def run_report(cfg: analyze.ReportConfig) -> str:
         plots.plot_accuracy(ps["models"], panels, out / "eval_bars.png", metric="avg@k", err=err,
                             note=": bars the mean, whiskers the 95% bootstrap interval")
         md.append("\n![eval](eval_bars.png)\n")
+        text = kind_tables(ps, stats)
+        if text:   # only when the rows carry item kinds (the small world's)
+            md.append(text)
         text = differences(ps, stats, who)
         if text:
             md.append(text)
+            if stats["transfer"]:
+                plots.plot_transfer(stats["transfer"], out / "transfer_matrix.png")
+                md.append("\n![transfer](transfer_matrix.png)\n")
         else:
             missing("the base model's eval results (for the differences from it).")
     elif ev:
@@ -692,6 +831,7 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     if cost:
         md.append(cost[0])
         write_json(out / "cost.json", cost[1])
+        numbers["cost"] = cost[1]
     else:
         missing("no training runs with run.json in the runs folders.")
 
@@ -700,6 +840,8 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     if weights:
         md.append(("First runs folder:\n\n" if several else "") + analyze.weights_markdown(weights[0]))
         md += [f"\n![{p.stem}]({p.name})\n" for p in plots.plot_weights(weights[0], out)]
+        numbers["weights"] = [{k: w.get(k) for k in ("models", "scopes", "rel_tol", "sparsity", "pairs")}
+                              for w in weights]   # one per runs folder (seed)
         if several:
             md.append("\n" + weights_seeds(weights))
     else:
@@ -714,7 +856,9 @@ def run_report(cfg: analyze.ReportConfig) -> str:
         if ps:   # ΔPerf from the per-problem rewards, with paired intervals (and every seed's, pooled)
             delta = delta_perf(ps, res, ev, n_boot=cfg.n_boot, seed=cfg.seed)
             res = {**res, "perf_change": [[e and e["value"] for e in row] for row in delta]}
+            numbers["kl_delta_perf"] = delta   # [domain A][model M], with intervals
             delta = [[est_text(e, diff=True) for e in row] for row in delta]
+        numbers["kl"] = [{k: r.get(k) for k in ("domains", "models", "kl_fwd", "kl_rev", "n_tokens")} for r in kls]
         md.append(("KL of the first runs folder; ΔPerf over every runs folder.\n\n" if several else "") +
                   analyze.kl_markdown(res, delta))
         if res.get("perf_change") is None:
@@ -750,6 +894,7 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     else:
         res = None
     if res:
+        numbers["consistency"] = {k: res.get(k) for k in ("base", "experts", "models", "n_problems", "cos")}
         md.append(consistency_seeds(res) if several else analyze.consistency_markdown(res))
         plots.plot_consistency(res, out / "consistency_bars.png")
         md.append("\n![consistency](consistency_bars.png)\n")
@@ -757,6 +902,7 @@ def run_report(cfg: analyze.ReportConfig) -> str:
         missing("consistency.json (needs eval results of the base, the experts and a mixed or merged model; "
                 "run `python analyze.py consistency`).")
     text = "\n".join(md)
+    write_json(out / "report.json", numbers)
     write_atomic(out / "report.md", text)
     print(f"wrote {out / 'report.md'}")
     return text

@@ -558,6 +558,20 @@ def test_eval_constructed_completions(tmp_path, monkeypatch):
     assert csv_lines == ["model,embedded/math avg@4,embedded/math pass@4,mean avg@4", "m,0.2500,1.0000,0.2500"]
 
 
+def test_eval_records_carry_the_rows_item_kind(monkeypatch):
+    """A row's "kind" (the small world's item kinds) goes into its per-problem record; a row without one gives
+    a record without one."""
+    rows = [{**r, "kind": "shared"} for r in data.embedded("math", "eval", n=2, seed=0)]
+    rows[1].pop("kind")
+    monkeypatch.setattr(model, "generate", lambda policy, tokenizer, prompts, *, n=1, **kw: [
+        {"prompt_ids": [1], "completion_ids": [5], "text": "<think>a</think>b", "truncated": False}
+        for _ in prompts for _ in range(n)])
+    out = analyze.evaluate_rows(None, None, rows, k=2, max_new_tokens=4, temperature=1.0, top_p=1.0, batch_size=2,
+                                seed=0, think=True, workers=1)
+    assert out[0]["kind"] == "shared" and "kind" not in out[1]
+    assert [r["id"] for r in out] == [r["id"] for r in rows] and out[0]["rewards"] == [0.0, 0.0]
+
+
 def test_eval_tiny_model_end_to_end(tmp_path):
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(r) + "\n" for r in data.embedded("science", "eval", n=2, seed=1)))

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 import analyze
 import model
 import report
+import stats
 from analyze import UserError
 
 
@@ -26,6 +27,26 @@ def plain_interval(x: np.ndarray, benchmark: str, seed: int = 0, n_boot: int = 1
     in a Python loop, numpy's percentiles."""
     idx = np.random.default_rng([seed, zlib.crc32(benchmark.encode())]).integers(0, len(x), size=(n_boot, len(x)))
     means = [sum(float(x[j]) for j in row) / len(row) for row in idx]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def plain_hier_interval(scores: dict[str, np.ndarray], seed: int = 0, n_boot: int = 1000) -> tuple[float, float]:
+    """The hierarchical interval written out with Python loops: replicate r draws S seeds with replacement (the
+    seeds generator), then for each drawn seed that seed's problems of each benchmark with replacement (the
+    benchmark's generator); its value is the mean over benchmarks of the mean over the drawn (seed, problem)
+    pairs; numpy's percentiles."""
+    S = next(iter(scores.values())).shape[0]
+    seeds = np.random.default_rng([seed, zlib.crc32(b"seeds")]).integers(0, S, size=(n_boot, S))
+    probs = {b: np.random.default_rng([seed, zlib.crc32(b.encode())]).integers(0, s.shape[1], size=(n_boot, S, s.shape[1]))
+             for b, s in scores.items()}
+    means = []
+    for r in range(n_boot):
+        per_bench = []
+        for b, s in scores.items():
+            vals = [float(s[seeds[r][i], j]) for i in range(S) for j in probs[b][r][i]]
+            per_bench.append(sum(vals) / len(vals))
+        means.append(sum(per_bench) / len(per_bench))
     lo, hi = np.percentile(means, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -71,12 +92,13 @@ def test_estimate_over_benchmarks_resamples_each_benchmark():
     assert (e["lo"], e["hi"]) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
 
 
-def test_estimate_with_seeds_averages_each_problem_first():
+def test_estimate_with_seeds_resamples_seeds_then_problems():
     s = np.array([[1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 0.5]])   # 2 seeds x 4 problems
     e = report.estimate({"b": s}, n_boot=1000, seed=0)
     avg = s.mean(axis=0)
     assert e["value"] == pytest.approx(avg.mean()) and e["seeds"] == pytest.approx([0.5, 0.375])
-    assert (e["lo"], e["hi"]) == pytest.approx(plain_interval(avg, "b"))
+    assert (e["lo"], e["hi"]) == pytest.approx(plain_hier_interval({"b": s}))
+    assert e["n_seeds"] == 2 and e["bound"] is None
     assert report.est_text(e) == f"0.438 [{e['lo']:.3f}, {e['hi']:.3f}]; seeds 0.375 to 0.500"
     assert report.est_text({"value": 0.1, "lo": 0.05, "hi": 0.15, "seeds": [0.1]}, diff=True) == \
         "+0.100 [+0.050, +0.150] sig"
@@ -99,6 +121,79 @@ def test_problem_scores_keep_the_problems_every_seed_has():
     assert ps["pass"]["m"]["b"].tolist() == [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]   # pass@2 of 2 samples
     pooled = report.pooled_records([seed0, seed1])
     assert [r["rewards"] for r in pooled] == [[1, 0, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]]
+
+
+def one_seed_ps(scores: dict[str, dict[str, list[float]]], domains: dict[str, list[str]],
+                kinds: dict[str, list[str | None]] | None = None) -> dict:
+    """problem_scores of one seed: scores {model: {benchmark: [one reward per problem p0, p1, ...]}}, each
+    problem's domain, and its item kind (None: no "kind" field, as in real data)."""
+    recs = []
+    for name, per_bench in scores.items():
+        for b, rewards in per_bench.items():
+            ks = (kinds or {}).get(b, [None] * len(rewards))
+            recs += [{"model": name, "benchmark": b, "id": f"p{i}", "domain": domains[b][i], "rewards": [r],
+                      **({"kind": ks[i]} if ks[i] else {})} for i, r in enumerate(rewards)]
+    return report.problem_scores([recs])
+
+
+def test_kind_tables_per_domain_and_kind():
+    # math: problems p0-p3 shared, p4-p5 specific; if: p0-p1 conflict, p2 has no kind
+    kinds = {"m": ["shared"] * 4 + ["specific"] * 2, "i": ["conflict", "conflict", None]}
+    scores = {"base": {"m": [0, 1, 0, 0, 0, 0], "i": [1, 0, 1]}, "e": {"m": [1, 1, 0, 1, 1, 0], "i": [0, 0, 1]}}
+    ps = one_seed_ps(scores, {"m": ["math"] * 6, "i": ["if"] * 3}, kinds)
+    assert ps["kinds"] == {"m": kinds["m"], "i": kinds["i"]}
+    st = report.kind_stats(ps, n_boot=200, seed=0)
+    assert list(st) == ["base", "e"] and list(st["e"]) == ["math", "if"]
+    assert {k: e["value"] for k, e in st["e"]["math"].items()} == {"shared": 0.75, "specific": 0.5}
+    assert st["base"]["math"]["shared"]["value"] == 0.25 and st["base"]["if"]["conflict"]["value"] == 0.5
+    # e's conflict items are all wrong: the one-sided bound over 2 problems x 1 sample, 1 - 0.05^(1/2)
+    assert st["e"]["if"]["conflict"]["bound"] == "upper"
+    assert st["e"]["if"]["conflict"]["hi"] == pytest.approx(1 - 0.05 ** 0.5)
+    md = report.kind_tables(ps, {"kinds": st})
+    assert "| model | shared (n=4) | specific (n=2) |" in md and "| model | conflict (n=2) |" in md
+    assert "| e | 0.000 [0.000, 0.776] one-sided |" in md
+    # real data carries no kind: no table at all
+    plain = one_seed_ps(scores, {"m": ["math"] * 6, "i": ["if"] * 3})
+    assert report.kind_stats(plain, n_boot=200, seed=0) == {} and report.kind_tables(plain, {"kinds": {}}) is None
+
+
+def test_transfer_matrix_and_best_merge_on_the_validation_slice():
+    # 12 problems p0-p11 of one benchmark holding two domains; p4, p6, p10 are the validation slice
+    dom = ["math"] * 6 + ["if"] * 6
+    val = [stats.is_validation(f"p{i}") for i in range(12)]
+    assert [i for i, v in enumerate(val) if v] == [4, 6, 10]
+    base = [0.0] * 12
+    em = [1.0] * 6 + [1.0, 0, 0, 0, 0, 0]   # the math expert: all math, one if problem
+    ei = [0.0] * 6 + [1.0] * 6
+    mixed = [0.5] * 12
+    good_val = [1.0 if v else 0.0 for v in val]   # merge a: right on validation only
+    good_test = [0.0 if v else 1.0 for v in val]  # merge b: right on test only (better on the whole eval set)
+    ps = one_seed_ps({"base": {"x": base}, "em": {"x": em}, "ei": {"x": ei}, "mixed": {"x": mixed},
+                      "a": {"x": good_val}, "b": {"x": good_test}}, {"x": dom})
+    who = {"base": "base", "experts": {"math": "em", "if": "ei"}, "mixed": "mixed",
+           "combined": {"a": "merge", "b": "merge"}}
+    tr = report.transfer_stats(ps, who, n_boot=200, seed=0)
+    assert {d: {c: e["value"] for c, e in row.items()} for d, row in tr.items()} == \
+        {"math": {"math": 1.0, "if": pytest.approx(1 / 6)}, "if": {"math": 0.0, "if": 1.0}}
+    bm = report.best_merge_stats(ps, who, n_boot=200, seed=0)
+    assert bm["model"] == "a" and bm["validation"] == {"a": 1.0, "b": 0.0}
+    assert bm["n_validation"] == {"x": 3} and bm["n_test"] == {"x": 9}
+    assert bm["mixed_minus_best"]["mean"]["value"] == 0.5   # mixed 0.5 minus a's 0 on every test problem
+    assert bm["mixed_minus_best"]["mean"]["lo"] == 0.5 and report.significant(bm["mixed_minus_best"]["mean"])
+    text = report.best_merge_text({"best_merge": bm}, who)
+    assert "picked on a validation slice" in text and "validation (3 problems) and test (9)" in text
+    assert "mixed minus a on the test slice: **+0.500 [+0.500, +0.500] sig**" in text
+    # no validation problem in a benchmark: no pick
+    ps_small = one_seed_ps({"mixed": {"x": [0.5] * 3}, "a": {"x": [1.0] * 3}}, {"x": ["math"] * 3})
+    assert report.best_merge_stats(ps_small, {**who, "combined": {"a": "merge"}}, n_boot=50, seed=0) is None
+
+
+def test_interval_note_says_what_is_resampled():
+    ps = one_seed_ps({"m": {"x": [0.0, 1.0, 1.0]}}, {"x": ["math"] * 3})
+    st = report.accuracy_stats(ps, {"base": None, "experts": {}, "mixed": None, "combined": {}}, n_boot=100, seed=0)
+    md = report.main_table(ps, st)
+    assert "One seed: the 95% intervals resample problems only" in md and "eval noise" in md
+    assert "hierarchical" in report.interval_note(3) and "seeds resampled with replacement" in report.interval_note(3)
 
 
 # ------------------------------------------------------------------------------------------------ finding runs
@@ -143,6 +238,21 @@ def test_discover_kinds_base_and_cost(tmp_path):
     assert cost["approaches"]["experts + MT-OPD run opd"] == pytest.approx(320 / 3600)
     assert "| mixed run mixed | 0.0417 | 1 |" in md and "| experts + MT-OPD run opd | 0.0889 | 0.469 |" in md
     assert "base" not in cost["hours"]["mixed"]   # the 0-step base run is no way to a multi-domain model
+    assert cost["tokens"]["expert"] == {"if": None, "math": None} and "| n/a |" in md   # no metrics.jsonl
+
+
+def test_cost_table_counts_completion_tokens(tmp_path):
+    fake_experiment(tmp_path)
+    for name, per_step in (("math", [100, 120]), ("if", [50, 50]), ("mixed", [300, 200, 100]), ("opd", [10, 20])):
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "completion_tokens": n}) + "\n" for i, n in enumerate(per_step)))
+    md, cost = report.cost_table([report.discover(tmp_path)])
+    assert cost["tokens"] == {"expert": {"if": 100.0, "math": 220.0}, "mixed": {"mixed": 600.0},
+                              "opd": {"opd": 30.0}, "merge": {"ties": 0.0}}
+    assert cost["approach_tokens"] == {"mixed run mixed": 600.0, "experts alone (before combining)": 320.0,
+                                       "experts + merge ties": 320.0, "experts + MT-OPD run opd": 350.0}
+    assert "| mixed run | mixed |  | cpu | 1 | 150 | 0.0417 | 600 |" in md
+    assert "| experts + merge ties | 0.0656 | 0.636 | 320 |" in md
 
 
 def test_report_samples_like_the_runs(tmp_path, monkeypatch):
@@ -351,7 +461,7 @@ def test_report_of_several_seeds(tmp_path):
     def expected(s: np.ndarray, bench: str, diff: bool = False) -> str:
         """A main-table value and its interval column, or a difference's cell, from the rewards above."""
         avg, seeds = s.mean(axis=0), s.mean(axis=1)
-        lo, hi = plain_interval(avg, bench)
+        lo, hi = plain_hier_interval({bench: s})
         f = (lambda x: f"{x:+.3f}") if diff else (lambda x: f"{x:.3f}")
         spread = f"seeds {f(seeds.min())} to {f(seeds.max())}"
         if not diff:
@@ -405,3 +515,33 @@ def test_report_of_several_seeds(tmp_path):
              for d, b in (("math", "embedded/math"), ("if", "embedded/if"))]
     assert f"| ΔPerf | {delta[0]} | {delta[1]} |" in text
     assert "Not available" not in text
+    # two seeds: the text says the intervals resample seeds; a cell at 1 (the math expert on math: 2 seeds x 4
+    # problems x 2 samples, all right) shows the one-sided bound 0.05^(1/16)
+    assert "2 seeds: the 95% intervals are a hierarchical percentile bootstrap" in text
+    assert f"| math | 1.000 | [{0.05 ** (1 / 16):.3f}, 1.000] one-sided; seeds 1.000 to 1.000 |" in text
+    # the transfer matrix: its diagonal is each expert's own gain; off it, the math expert on if
+    tr = [expected(per_problem("math", b) - per_problem("base", b), b, True) for b in ("embedded/math", "embedded/if")]
+    assert f"| math (math) | {tr[0]} | {tr[1]} |" in text
+    assert json.loads((out / "transfer_matrix.json").read_text())["experts"] == ["math", "if"]
+    # the best merge (the only one, ties) picked on validation (problems 1 and 3 of each benchmark: crc32 of
+    # "embedded/math-1" and "-3" is divisible by 4), mixed - ties measured on problems 0 and 2
+    test_part = {b: (per_problem("mixed", b) - per_problem("ties", b))[:, [0, 2]]
+                 for b in ("embedded/math", "embedded/if")}
+    bm = f"mixed minus ties on the test slice: **{report.est_text(report.estimate(test_part, n_boot=1000, seed=0), True)}**"
+    assert bm in text and "validation (4 problems) and test (4)" in text
+    # report.json: every table's numbers, the same as the text's and stats.json's
+    rj = json.loads((out / "report.json").read_text())
+    assert rj["n_seeds"] == 2 and rj["main"] == stats["cells"] and rj["vs_mixed"] == stats["vs_mixed"]
+    assert rj["main"]["avg"]["math"]["embedded/math"]["bound"] == "lower"
+    assert rj["transfer"]["math"]["math"] == rj["expert_gain"]["math on embedded/math"]
+    assert rj["transfer"]["math"]["if"]["value"] == pytest.approx(
+        (per_problem("math", "embedded/if") - per_problem("base", "embedded/if")).mean())
+    assert rj["best_merge"]["model"] == "ties" and rj["best_merge"]["mixed_minus_best"]["mean"]["value"] == \
+        pytest.approx(np.mean([t.mean() for t in test_part.values()]))
+    assert rj["kinds"] == {}   # these rows carry no item kind
+    assert rj["cost"] == json.loads((out / "cost.json").read_text())
+    assert [w["sparsity"]["math"]["rel"]["all"] for w in rj["weights"]] == [15 / 16, 14 / 16]
+    assert rj["kl"][1]["kl_fwd"][0][1][2] == pytest.approx(2 * (1 + 0 + 2 + 2) / 100)
+    assert rj["kl_delta_perf"][0][2]["value"] == pytest.approx(
+        (per_problem("mixed", "embedded/math") - per_problem("math", "embedded/math")).mean())
+    assert rj["consistency"]["cos"]["ties"]["all"]["cos"] == pytest.approx(cos)
