@@ -275,19 +275,26 @@ def fast_generate_ok(model) -> bool:
             and not getattr(model.config, "use_sliding_window", False))
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Next token per row from (B, V) fp32 logits, as HF generate's config in `generate` draws it: argmax at
-    temperature 0, else softmax(logits / temperature), cut to the smallest set of tokens holding top_p of
-    the mass (HF's TopPLogitsWarper), one torch.multinomial draw per row."""
-    if temperature <= 0:
-        return logits.argmax(-1)
+def next_token_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(B, V) probabilities of the next token from (B, V) fp32 logits, as HF generate's sampling config in
+    `generate` makes them: softmax(logits / temperature), cut to the smallest set of tokens that holds top_p of
+    the mass (HF's TopPLogitsWarper: drop the tokens whose ascending cumulative mass is <= 1 - top_p, never the
+    most likely one) and renormalised."""
     logits = logits / temperature
-    if top_p < 1.0:   # drop the tokens whose cumulative mass, in ascending order, is <= 1 - top_p; keep the top one
+    if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1)
         drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
         drop[:, -1] = False
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
+    return logits.softmax(-1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(B,) next tokens: the argmax at temperature 0, else one torch.multinomial draw per row from
+    next_token_probs, as HF generate draws them."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return torch.multinomial(next_token_probs(logits, temperature, top_p), 1).squeeze(1)
 
 
 @torch.no_grad()

@@ -12,8 +12,8 @@
              (`ast`, nothing imported), split into boxed and free-form predictions.
   code       the stdio comparison of verifiers/code.py vs verl 0.9.1's prime_code `run_test`
              (derived from the APPS/LiveCodeBench test runners; LiveCodeBench's own lcb_runner is not
-             on PyPI), on stdin/stdout problems (bench/verifiers.stdio_rows) answered by programs whose output is
-             reformatted (CODE_VARIANTS), each run by both sides.
+             on PyPI), on stdin/stdout problems (bench/verifiers.stdio_rows) answered by programs whose
+             output is reformatted (CODE_VARIANTS), each run by both sides.
 
 The references live in a separate venv outside the repository, called as a subprocess (nothing of it
 is imported here). Create it once:
