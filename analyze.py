@@ -248,9 +248,10 @@ def evaluate_rows(policy, tokenizer, rows: list[dict], *, k: int, max_new_tokens
     out = []
     for b in range(0, len(rows), batch_size):
         batch = rows[b : b + batch_size]
-        samples = model.generate(policy, tokenizer, [r["prompt"] for r in batch], n=k,
-                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 seed=seed + b)
+        # fast_generate for the small world on the CPU, HF generate otherwise (model.generate_for)
+        samples = model.generate_for(policy)(policy, tokenizer, [r["prompt"] for r in batch], n=k,
+                                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                             seed=seed + b)
         graded = verifiers.verify_batch([s["text"] for s in samples], [r for r in batch for _ in range(k)],
                                         think=think, workers=workers, grader=grader)
         for i, row in enumerate(batch):
@@ -836,9 +837,9 @@ def run_kl(cfg: KLConfig) -> dict:
         trajs = {}
         for a in [a for a, b_ in pairs if b_ == b]:
             bar.set_postfix_str(f"expert {expert} samples {domains[a]}")
-            samples = model.generate(p_model, tokenizer, [row["prompt"] for row in prompts[domains[a]]], n=cfg.k,
-                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                     top_p=cfg.top_p, seed=cfg.seed)
+            samples = model.generate_for(p_model)(p_model, tokenizer, [row["prompt"] for row in prompts[domains[a]]],
+                                                  n=cfg.k, max_new_tokens=cfg.max_new_tokens,
+                                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
             trajs[a] = [(s["prompt_ids"], s["completion_ids"]) for s in samples if s["completion_ids"]]
         # the expert's log-probabilities on its trajectories serve every model, when they fit in cfg.cache_gb
         vocab = p_model.get_output_embeddings().weight.shape[0]

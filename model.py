@@ -248,6 +248,145 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1, max_new
     return results
 
 
+class _StaticKV:
+    """The KV cache of fast_generate: one preallocated (B, kv_heads, S, head_dim) pair per layer. HF's attention
+    calls update(k, v, layer) with the new positions' keys and values and attends over what it returns."""
+
+    def __init__(self, n_layers: int, shape: tuple[int, ...], dtype, device):
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.pos = 0   # positions filled before this forward
+
+    def update(self, k, v, layer_idx, *args, **kwargs):
+        end = self.pos + k.shape[2]
+        self.k[layer_idx][:, :, self.pos:end] = k
+        self.v[layer_idx][:, :, self.pos:end] = v
+        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop finished rows (rows: the indices kept)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+
+
+def fast_generate_ok(model) -> bool:
+    """Whether fast_generate serves this model: a Llama-layout decoder (embed, layers, rotary, norm, lm_head)
+    on the CPU. There the small world's decode is bound by HF generate's per-token overhead; on a GPU and for
+    other architectures HF generate (or SGLang) is used."""
+    inner = getattr(model, "model", None)
+    return (next(model.parameters()).device.type == "cpu"
+            and getattr(model.config, "model_type", None) in ("qwen3", "qwen2", "llama")
+            and all(hasattr(inner, a) for a in ("embed_tokens", "layers", "rotary_emb", "norm"))
+            and not getattr(model.config, "use_sliding_window", False))
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(B, V) probabilities of the next token from (B, V) fp32 logits, as HF generate's sampling config in
+    `generate` makes them: softmax(logits / temperature), cut to the smallest set of tokens that holds top_p of
+    the mass (HF's TopPLogitsWarper: drop the tokens whose ascending cumulative mass is <= 1 - top_p, never the
+    most likely one) and renormalised."""
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1)
+        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits.softmax(-1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(B,) next tokens: the argmax at temperature 0, else one torch.multinomial draw per row from
+    next_token_probs, as HF generate draws them."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return torch.multinomial(next_token_probs(logits, temperature, top_p), 1).squeeze(1)
+
+
+@torch.no_grad()
+def fast_generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1, max_new_tokens: int = 64,
+                  temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> list[dict]:
+    """`generate` without HF generate's per-token framework work (logits processors, stopping criteria, cache
+    objects, mask building): the same left-padded batch, a KV cache preallocated once (_StaticKV), and a plain
+    loop that calls the model's own embedding, decoder layers, final norm and lm_head, so every number comes
+    from the same modules. Rows that stop are dropped from the batch, so later tokens cost only the live rows.
+    Same arguments and results as `generate`; greedy gives HF's tokens and sampling HF's distribution (tests
+    in tests/test_model.py). For models where fast_generate_ok holds; train.py, analyze.py pick it through
+    `generate_for`."""
+    prompt_ids = [tokenizer(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
+                            add_special_tokens=False)["input_ids"] for p in prompts]
+    rows = [ids for ids in prompt_ids for _ in range(n)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = torch.tensor(stop_token_ids(tokenizer, model.generation_config))
+    inner, P, B, W = model.model, len(prompt_ids), len(rows), max(len(ids) for ids in rows)
+    # The prompts are prefilled once each (P rows, not P x n); their cache rows are then copied n times.
+    input_ids = torch.tensor([[pad_id] * (W - len(ids)) + ids for ids in prompt_ids])
+    valid = torch.zeros((P, W + max_new_tokens), dtype=torch.bool)   # keys a query may see: no left padding
+    valid[:, :W] = torch.tensor([[False] * (W - len(ids)) + [True] * len(ids) for ids in prompt_ids])
+    valid[:, W:] = True
+    position = (valid[:, :W].long().cumsum(-1) - 1).clamp(min=0)   # as HF: real tokens count from 0, pads sit at 0
+    dtype = model.get_input_embeddings().weight.dtype
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    cache = _StaticKV(len(inner.layers), (P, cfg.num_key_value_heads, W + max_new_tokens, head_dim), dtype, "cpu")
+    # Prefill mask (P, W, W), made additive below as HF's eager attention wants it (sdpa takes it too): causal,
+    # no pad keys; a pad query sees itself, so no row is all -inf (its output is never read).
+    see = torch.ones((W, W), dtype=torch.bool).tril() & valid[:, None, :W] | torch.eye(W, dtype=torch.bool)
+    neg = torch.finfo(dtype).min
+
+    def forward(ids, pos, mask):   # (b, t) ids at (b, t) positions -> (b, V) fp32 logits of the last position
+        h = inner.embed_tokens(ids)
+        rope = inner.rotary_emb(h, pos)
+        additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, neg)[:, None]
+        for layer in inner.layers:
+            h = layer(h, attention_mask=additive, position_embeddings=rope, past_key_values=cache)
+        logits = model.lm_head(inner.norm(h[:, -1]))
+        cache.pos += ids.shape[1]
+        return logits.float()
+
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
+    length = torch.full((B,), max_new_tokens)   # completion lengths; stays max_new_tokens when no stop comes
+    live = torch.arange(B)                     # the rows still generating, as indices into the full batch
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            logits = forward(input_ids, position, see)
+            copies = torch.arange(P).repeat_interleave(n)   # prompt-major, as `rows`
+            cache.keep(copies)
+            logits, valid, next_pos = logits[copies], valid[copies], position[copies, -1] + 1
+            for t in range(max_new_tokens):
+                token = sample_next(logits, temperature, top_p)
+                out[live, t] = token
+                stopped = torch.isin(token, stop_ids)
+                if stopped.any():
+                    length[live[stopped]] = t + 1
+                    keep = (~stopped).nonzero().squeeze(1)
+                    live, token, next_pos = live[keep], token[keep], next_pos[keep]
+                    cache.keep(keep)
+                    valid = valid[keep]
+                if t == max_new_tokens - 1 or not len(live):
+                    break
+                logits = forward(token[:, None], next_pos[:, None], valid[:, None, :cache.pos + 1])
+                next_pos = next_pos + 1
+    finally:
+        model.train(was_training)
+
+    results = []
+    stops = set(stop_ids.tolist())
+    for ids, row, k in zip(rows, out.tolist(), length.tolist()):
+        completion = row[:k]
+        results.append({"prompt_ids": ids, "completion_ids": completion, "truncated": completion[-1] not in stops,
+                        "text": tokenizer.decode(completion, skip_special_tokens=True)})
+    return results
+
+
+def generate_for(model):
+    """The sampler for this model: fast_generate where fast_generate_ok says it serves, else HF `generate`."""
+    return fast_generate if fast_generate_ok(model) else generate
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_pretrained(model, tokenizer, out_dir: str) -> None:

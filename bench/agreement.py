@@ -12,8 +12,8 @@
              (`ast`, nothing imported), split into boxed and free-form predictions.
   code       the stdio comparison of verifiers/code.py vs verl 0.9.1's prime_code `run_test`
              (derived from the APPS/LiveCodeBench test runners; LiveCodeBench's own lcb_runner is not
-             on PyPI), on embedded stdin/stdout problems answered by programs whose output is
-             reformatted (CODE_VARIANTS), each run by both sides.
+             on PyPI), on stdin/stdout problems (bench/verifiers.stdio_rows) answered by programs whose
+             output is reformatted (CODE_VARIANTS), each run by both sides.
 
 The references live in a separate venv outside the repository, called as a subprocess (nothing of it
 is imported here). Create it once:
@@ -263,7 +263,8 @@ CODE_VARIANTS = {
 
 
 def code_cases() -> list[dict]:
-    rows = [r for r in data.embedded("code", "eval") if r["tests"]["kind"] == "stdio"][:15]
+    from bench.verifiers import stdio_rows   # the embedded world has no stdio problems since its redesign
+    rows = stdio_rows(15)
     cases = []
     for row in rows:
         body = code.extract_program(row["reference"])
@@ -320,5 +321,9 @@ CONFIG = Config()
 
 if __name__ == "__main__":
     CONFIG = tyro.cli(Config)
+    if not os.path.exists(CONFIG.ref_python):
+        print(f"no reference venv at --ref-python {CONFIG.ref_python}: nothing to compare with (setup: see "
+              "bench/agreement.py's docstring)")
+        sys.exit(0)
     for part in CONFIG.parts:
         {"ifeval": ifeval_part, "math": math_part, "code": code_part}[part](CONFIG)

