@@ -560,7 +560,7 @@ def train_eval_curves(runs: list[dict], *, n_boot: int, seed: int) -> dict:
         scores = {}   # (step, domain) -> (seeds, problems)
         for st in steps:
             per = [{(p["domain"], p["id"]): float(np.mean(p["rewards"])) for p in lg[st]["problems"]} for lg in logs]
-            keys = sorted(set.intersection(*(set(x) for x in per)))
+            keys = [k for k in per[0] if all(k in x for x in per[1:])]   # in eval.jsonl's (domain) order
             for d in dict.fromkeys(d for d, _ in keys):
                 mine = [k for k in keys if k[0] == d]
                 scores[(st, d)] = (mine, np.array([[x[k] for k in mine] for x in per]))
