@@ -16,6 +16,8 @@ out/analysis):
     python analyze.py kl --experts math=out/math code=out/code --multitask out/mixed --merged ties=out/ties
     # are the mixed / merged model's per-problem gains the union of the experts' gains? (paper Figure 5)
     python analyze.py consistency --base base --experts math code --models mixed ties
+    # self-verification (paper Table 7): each model judges its own responses, outcome and process mode
+    python analyze.py verify --models base=tiny math=out/math mixed=out/mixed --n-problems 16 --k 2
     # report.md with every table and plot, in out/analysis; runs the analyses above that are missing
     python analyze.py report --runs out
     # the same experiment run with several seeds: one report, intervals on the seed-averaged rewards
@@ -39,6 +41,11 @@ Where these analyses differ from the paper, or could not be checked against it:
   in columns and experts in rows.
 - consistency: per benchmark (the paper's unit), plus a domain's pooled problems where they are not one
   benchmark's; all-zero gains give cosine 0, not undefined.
+- verify: the paper publishes neither its judge prompts nor its verdict parsing; data/judge.py's are a
+  reconstruction. The judge decodes greedily (the paper does not say how it samples); an unparseable verdict
+  counts as wrong in accuracy and in both class rates, and balanced accuracy is reported beside accuracy, since
+  accuracy alone moves with the share of correct responses. An expert is judged on its own domain, any other
+  model on every domain.
 
 A mistake in what was asked for (a missing folder, a model folder without weights, an unknown domain) prints
 one line and exits with status 1; a traceback means a bug. torch, transformers (model.py) and matplotlib

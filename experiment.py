@@ -18,6 +18,9 @@ Every stage is one command of sft.py, train.py, merge.py or analyze.py, printed 
   s<seed>/merge/<method>  merge.py --method <method> over the experts against the base, in .../runs/merge-<method>
   s<seed>/train/opd       train.py --teachers <domain>=<expert>,...: MT-OPD, the experts distilled into one student
   s<seed>/eval, weights, kl, consistency: analyze.py subcommands writing to <out>/seed_<seed>/report
+  s<seed>/pair/<a>-<b>    merge.py --method <pair_method> over experts a and b (Table 6), in <out>/seed_<seed>/pairs
+  s<seed>/pair-eval/<a>-<b>  analyze.py eval of that pair on a's and b's domains, in .../report/pairs/<a>-<b>
+  s<seed>/verify          analyze.py verify of the base, the experts, the mixed model and MT-OPD (Table 7)
   report                  analyze.py report over every seed: <out>/report/report.md
 
 What the comparison matches, as in the paper: each expert trains for `steps` and the mixed model for
@@ -41,6 +44,9 @@ Small-world choices (the CPU default), each a flag:
   training reward has left the base's 0.3-0.45 for about 0.8. The eval is avg@2 on 100 held-out problems per
   domain and the KL matrix uses 8 prompts per domain, so that the whole run stays within about 20 minutes on
   2 cores.
+- Figure 2: the experts and the mixed run evaluate 8 held-out problems per domain (avg@2) at steps 0, 5, ...
+  and the end; Table 6 evaluates each TIES pair on the first 50 problems of its members' domains (avg@2);
+  Table 7 judges 8 problems per domain x 2 responses per model.
 - Two training runs go side by side, each one process with one thread: on 2 loaded cores one thread per
   process was measured 3-5x faster per step than one process with two threads (a process whose two threads
   share a core with another process spends its time waiting for the slower thread). Each run's
