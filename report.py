@@ -903,7 +903,8 @@ def run_report(cfg: analyze.ReportConfig) -> str:
 def paper_analyses(founds: list[dict], analyses: list[Path], ev: dict | None, models: dict, out: Path,
                    cfg: analyze.ReportConfig) -> list[str]:
     """Sections 9-11: Figure 2's curves (the runs' eval.jsonl), Table 6's pairwise merges (<analyses>/pairs/*/)
-    and Table 7's self-verification (<analyses>/verify.json); their numbers go into stats.json too."""
+    and Table 7's self-verification (<analyses>/verify.json); their numbers go into stats.json too. The report
+    never computes them (experiment.py runs them): a missing one reads "Not run"."""
     import plots
     md, numbers = [], {}
     md.append("## 9. Accuracy of every domain during training (paper Figure 2)\n")
@@ -915,7 +916,7 @@ def paper_analyses(founds: list[dict], analyses: list[Path], ev: dict | None, mo
         md.append("\n![train_eval](train_eval.png)\n")
         numbers["train_eval"] = curves
     else:
-        md.append("**Not available:** no run has an eval.jsonl (train.py --eval-every N).\n")
+        md.append("**Not run:** no run has an eval.jsonl (train.py --eval-every N).\n")
 
     md.append("## 10. Pairwise merges and the policy neighbourhood (paper Table 6)\n")
     pair_files = [sorted((a / "pairs").glob("*/eval_per_problem.jsonl")) for a in analyses]
@@ -941,7 +942,7 @@ def paper_analyses(founds: list[dict], analyses: list[Path], ev: dict | None, mo
         md.append("\n![pairwise](pairwise.png)\n")
         numbers["pairwise"] = rows
     else:
-        md.append("**Not available:** pair merges' eval results (<analyses>/pairs/<a>-<b>/eval_per_problem.jsonl, "
+        md.append("**Not run:** pair merges' eval results (<analyses>/pairs/<a>-<b>/eval_per_problem.jsonl, "
                   "made by experiment.py) beside the main eval.\n")
 
     md.append("## 11. Self-verification (paper Section 3.6, Table 7, Figures 6-7)\n")
@@ -956,7 +957,7 @@ def paper_analyses(founds: list[dict], analyses: list[Path], ev: dict | None, mo
             md.append("\n![verify_cross](verify_cross.png)\n")
         numbers["verify"] = res["rows"]
     else:
-        md.append("**Not available:** verify.json (run `python analyze.py verify`).\n")
+        md.append("**Not run:** verify.json (run `python analyze.py verify`).\n")
     if numbers:
         stats = read_json(out / "stats.json") if (out / "stats.json").exists() else {}
         write_json(out / "stats.json", {**stats, **numbers})
