@@ -1174,7 +1174,7 @@ def judge_stats(groups: list[int], labels: list[bool], verdicts: list[bool | Non
 
 def own_domains(name: str, domains: list[str]) -> list[str]:
     """The domains a model is judged on: an expert (named after its domain) its own, any other model all."""
-    return [name] if name in domains else list(domains)
+    return [name] if name in data.DOMAINS else list(domains)
 
 
 @dataclass

@@ -771,7 +771,8 @@ def evaluate_policy(policy, engine, tokenizer, rows: list[dict], cfg: Config, ra
         sync_weights(policy, engine)
         samples = modeling.generate(engine, tokenizer, [r["prompt"] for r in mine], n=cfg.eval_k,
                                     max_new_tokens=cfg.max_new_tokens, temperature=EvalConfig.temperature,
-                                    top_p=EvalConfig.top_p, seed=cfg.seed * 7919 + rank)
+                                    top_p=EvalConfig.top_p, seed=cfg.seed * 7919 + rank)   # the same draws at
+        # every step (common random numbers): a step-to-step change is the policy's, less the sampling noise
     graded = verify_batch([s["text"] for s in samples], [r for r in mine for _ in range(cfg.eval_k)],
                           think=cfg.think, workers=cfg.reward_workers, grader=cfg.grader)
     k = cfg.eval_k

@@ -112,6 +112,7 @@ def test_intervals_resample_problems_not_responses():
 def test_own_domains():
     assert analyze.own_domains("math", list(data.DOMAINS)) == ["math"]
     assert analyze.own_domains("mixed", ["math", "if"]) == ["math", "if"]
+    assert analyze.own_domains("code", ["math"]) == ["code"]   # an expert: its domain, whatever --domains says
 
 
 # ------------------------------------------------------------------------------------------------ end to end
