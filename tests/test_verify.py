@@ -163,7 +163,7 @@ def test_verify_end_to_end_on_the_tiny_model(tmp_path):
 def test_verify_end_to_end_on_smollm2_135m(tmp_path):
     """The paper-scale path on CPU: a real chat model writes responses and verdicts in its own words, which the
     parser reads or refuses; the scores follow from the records."""
-    cfg = analyze.VerifyConfig(models=["smol=smollm2-135m"], domains=["math"], n_problems=2, k=1, max_new_tokens=48,
-                               judge_max_new_tokens=32, n_boot=50, workers=1, out=str(tmp_path), device="cpu")
+    cfg = analyze.VerifyConfig(models=["smol=smollm2-135m"], domains=["math"], n_problems=2, k=1, max_new_tokens=32,
+                               judge_max_new_tokens=24, n_boot=50, workers=1, out=str(tmp_path), device="cpu")
     res = analyze.run_verify(cfg)
     check_verify_outputs(tmp_path, res, {"smol": ["math"]})
