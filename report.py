@@ -908,7 +908,11 @@ def paper_analyses(founds: list[dict], analyses: list[Path], ev: dict | None, mo
     import plots
     md, numbers = [], {}
     md.append("## 9. Accuracy of every domain during training (paper Figure 2)\n")
-    runs = [{n: t for n, t in f["train"].items() if t["kind"] != "base"} for f in founds]
+    order = lambda t: ({"expert": 0, "mixed": 1}.get(t["kind"], 2),   # noqa: E731  experts in domain order
+                       data.DOMAINS.index(t["domains"][0]) if t["kind"] == "expert" and t["domains"][0] in data.DOMAINS
+                       else len(data.DOMAINS))
+    runs = [dict(sorted(((n, t) for n, t in f["train"].items() if t["kind"] != "base"), key=lambda nt: order(nt[1])))
+            for f in founds]
     curves = train_eval_curves(runs, n_boot=cfg.n_boot, seed=cfg.seed)
     if curves["curves"]:
         md.append(train_eval_markdown(curves, runs[0]))
