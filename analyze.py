@@ -16,6 +16,8 @@ out/analysis):
     python analyze.py kl --experts math=out/math code=out/code --multitask out/mixed --merged ties=out/ties
     # are the mixed / merged model's per-problem gains the union of the experts' gains? (paper Figure 5)
     python analyze.py consistency --base base --experts math code --models mixed ties
+    # self-verification (paper Table 7): each model judges its own responses, outcome and process mode
+    python analyze.py verify --models base=tiny math=out/math mixed=out/mixed --n-problems 16 --k 2
     # report.md with every table and plot, in out/analysis; runs the analyses above that are missing
     python analyze.py report --runs out
     # the same experiment run with several seeds: one report, intervals on the seed-averaged rewards
@@ -39,6 +41,11 @@ Where these analyses differ from the paper, or could not be checked against it:
   in columns and experts in rows.
 - consistency: per benchmark (the paper's unit), plus a domain's pooled problems where they are not one
   benchmark's; all-zero gains give cosine 0, not undefined.
+- verify: the paper publishes neither its judge prompts nor its verdict parsing; data/judge.py's are a
+  reconstruction. The judge decodes greedily (the paper does not say how it samples); an unparseable verdict
+  counts as wrong in accuracy and in both class rates, and balanced accuracy is reported beside accuracy, since
+  accuracy alone moves with the share of correct responses. An expert is judged on its own domain, any other
+  model on every domain.
 
 A mistake in what was asked for (a missing folder, a model folder without weights, an unknown domain) prints
 one line and exits with status 1; a traceback means a bug. torch, transformers (model.py) and matplotlib
@@ -65,6 +72,7 @@ from tqdm import tqdm
 
 import data
 import verifiers
+from data import judge
 from cli import Names, UserError, looks_local  # noqa: F401  (tests and report.py use analyze.UserError)
 # stats.py holds the helpers plots.py and report.py share with this module; re-exported for code that reads them
 # here (analyze.write_json, analyze.fmt)
@@ -1048,6 +1056,270 @@ def consistency_markdown(res: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# verify: self-verification, each model judging its own trajectories (paper Section 3.6, Table 7, Figures 6-7)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def judge_counts(labels: list[bool], verdicts: list[bool | None]) -> np.ndarray:
+    """(4,) counts: positives (the rule verifier's label is correct), positives judged correct, negatives,
+    negatives judged wrong. An unparseable verdict (None) is right for neither class."""
+    pos = sum(bool(y) for y in labels)
+    return np.array([pos, sum(y and v is True for y, v in zip(labels, verdicts)),
+                     len(labels) - pos, sum((not y) and v is False for y, v in zip(labels, verdicts))], dtype=float)
+
+
+def judge_rates(c: np.ndarray) -> dict:
+    """Accuracy, the class rates and balanced accuracy from judge_counts (or (..., 4) stacks of them).
+    tpr: the share of correct responses judged correct; tnr: the share of wrong responses judged wrong;
+    balanced accuracy (tpr + tnr) / 2, which is 0.5 for a judge that ignores the response (always yes, always
+    no, or a coin), whatever the base rate; NaN where a class has no response."""
+    c = np.asarray(c, dtype=float)
+    pos, tp, neg, tn = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, tnr = tp / pos, tn / neg
+        acc = (tp + tn) / (pos + neg)
+    return {"acc": acc, "tpr": tpr, "tnr": tnr, "bal_acc": (tpr + tnr) / 2}
+
+
+def judge_stats(groups: list[int], labels: list[bool], verdicts: list[bool | None], *, n_boot: int,
+                seed: int) -> dict:
+    """Judge accuracy (an unparseable verdict counts as wrong), balanced accuracy and the class rates, with
+    95% percentile bootstrap intervals that resample problems (groups: each response's problem index, since
+    the samples of one problem are not independent); the share of unparseable verdicts and of "yes"."""
+    keys = sorted(set(groups))
+    per = np.stack([judge_counts([y for g, y in zip(groups, labels) if g == k],
+                                 [v for g, v in zip(groups, verdicts) if g == k]) for k in keys])   # (P, 4)
+    point = {k: float(v) for k, v in judge_rates(per.sum(0)).items()}
+    reps = judge_rates(per[np.random.default_rng(seed).integers(0, len(keys), (n_boot, len(keys)))].sum(1))
+    out = {"n": len(labels), "n_pos": int(per[:, 0].sum()), "n_neg": int(per[:, 2].sum()),
+           "unparseable": sum(v is None for v in verdicts) / max(len(verdicts), 1),
+           "said_yes": sum(v is True for v in verdicts) / max(len(verdicts), 1)}
+    for key in ("acc", "bal_acc", "tpr", "tnr"):
+        r = reps[key][np.isfinite(reps[key])]   # a resample without one class has no balanced accuracy
+        finite_point = math.isfinite(point[key])
+        lo, hi = (np.percentile(r, [2.5, 97.5]) if finite_point and len(r) else (np.nan, np.nan))
+        out[key] = point[key] if finite_point else None
+        out[f"{key}_lo"], out[f"{key}_hi"] = (float(lo), float(hi)) if finite_point and len(r) else (None, None)
+    return out
+
+
+def own_domains(name: str, domains: list[str]) -> list[str]:
+    """The domains a model is judged on: an expert (named after its domain) its own, any other model all."""
+    return [name] if name in data.DOMAINS else list(domains)
+
+
+@dataclass
+class VerifyConfig:
+    """Self-verification (paper Section 3.6): each model samples responses to its own domain's eval prompts,
+    then judges each one, seeing the final answer only (outcome mode) or the whole response (process mode);
+    each verdict is scored against the rule verifier's label (paper grader). The judge prompts and the verdict
+    parsing are data/judge.py's, a reconstruction (the paper publishes neither)."""
+
+    models: Names = field(default_factory=lambda: ["base=tiny"])
+    """Models as name=path. A model named after a domain (math, code, science, if: an expert) is judged on
+    that domain, any other on every domain of --domains."""
+    domains: Names = field(default_factory=lambda: list(data.DOMAINS))
+    """Domains of the models that are not experts."""
+    data: str = "embedded"
+    """Eval prompts: 'embedded' (each domain's eval split) or a row-schema file of held-out rows."""
+    n_problems: int = 16
+    """Problems per domain (the first n)."""
+    problem_seed: int = 0
+    """Which embedded problems (the same as `eval --problem-seed`)."""
+    k: int = 2
+    """Responses sampled per problem, each judged in both modes."""
+    temperature: float = 0.6
+    """Sampling temperature of the responses (as `eval`); the judge decodes greedily (our choice: the paper
+    does not say how it samples its verdicts)."""
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    """Longest response, in tokens (give the models' training budget)."""
+    judge_max_new_tokens: int | None = None
+    """Longest verdict, reasoning included; None: max_new_tokens + 16 (the small world's judge solves the
+    problem in its <think> block, then writes "Verdict: yes|no")."""
+    cross: bool = False
+    """Also let every model judge every other model's responses (a judge x generator matrix per domain)."""
+    batch_size: int = 32
+    """Prompts per generate call."""
+    workers: int = 4
+    """Parallel verifier processes (code runs programs)."""
+    n_boot: int = 1000
+    """Bootstrap resamples of the problems behind each 95% interval."""
+    seed: int = 0
+    """Sampling and bootstrap seed."""
+    device: str = "auto"
+    """cuda, cpu, or auto: cuda when present."""
+    out: str = "out/analysis"
+    """Writes verify.json, verify.md, verify_per_response.jsonl and verify_bars.png/.json here."""
+
+    def __post_init__(self):
+        check_domains(self.domains)
+        if self.k < 1 or self.n_problems < 1 or self.batch_size < 1:
+            raise UserError(f"--k, --n-problems and --batch-size must be at least 1")
+
+
+def verify_prompts(cfg: VerifyConfig, domain: str) -> list[dict]:
+    if cfg.data == "embedded":
+        return data.embedded(domain, "eval", n=cfg.n_problems, seed=cfg.problem_seed)
+    if not Path(cfg.data).exists():
+        raise UserError(f"--data {cfg.data}: no such file")
+    rows = data.load(cfg.data, [domain], "eval", seed=cfg.problem_seed)[: cfg.n_problems]
+    if not rows:
+        raise UserError(f"--data {cfg.data}: no rows of domain {domain}")
+    return rows
+
+
+def sample_responses(policy, tokenizer, rows: list[dict], cfg: VerifyConfig) -> list[dict]:
+    """k responses per row, labelled by the paper grader: {"id", "domain", "problem", "sample", "text",
+    "reward", "label"} (label: reward 1)."""
+    import model
+    out = []
+    for b in range(0, len(rows), cfg.batch_size):
+        batch = rows[b: b + cfg.batch_size]
+        samples = model.generate(policy, tokenizer, [r["prompt"] for r in batch], n=cfg.k,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 seed=cfg.seed + b)
+        graded = verifiers.verify_batch([s["text"] for s in samples], [r for r in batch for _ in range(cfg.k)],
+                                        think=True, workers=cfg.workers, grader="paper")
+        for i, (s, g) in enumerate(zip(samples, graded)):
+            row = batch[i // cfg.k]
+            out.append({"id": row["id"], "domain": row["domain"], "problem": b + i // cfg.k, "sample": i % cfg.k,
+                        "question": judge.question_text(row), "text": s["text"], "reward": g["reward"],
+                        "label": g["reward"] >= 1.0})
+    return out
+
+
+def judge_responses(policy, tokenizer, responses: list[dict], cfg: VerifyConfig) -> list[dict]:
+    """Each response judged in each mode (greedy): {"mode", "verdict" (True, False, None), "judged"} added."""
+    import model
+    jobs = [(r, mode) for r in responses for mode in judge.MODES]
+    budget = cfg.judge_max_new_tokens or cfg.max_new_tokens + 16
+    out = []
+    for b in range(0, len(jobs), cfg.batch_size):
+        batch = jobs[b: b + cfg.batch_size]
+        texts = model.generate(policy, tokenizer, [judge.judge_prompt(r["question"], r["text"], m) for r, m in batch],
+                               n=1, max_new_tokens=budget, temperature=0.0)
+        out += [{**r, "mode": m, "judged": t["text"], "verdict": judge.parse_verdict(t["text"])}
+                for (r, m), t in zip(batch, texts)]
+    return out
+
+
+def summarize_verify(records: list[dict], *, n_boot: int, seed: int) -> list[dict]:
+    """One row per (judge, generator, domain): generation accuracy (the share of responses the rule verifier
+    passes, with its interval over problems) and judge_stats per mode."""
+    cells = defaultdict(list)
+    for r in records:
+        cells[(r["judge"], r["generator"], r["domain"])].append(r)
+    rows = []
+    for (j, g, d), recs in cells.items():
+        first = [r for r in recs if r["mode"] == judge.MODES[0]]
+        gen = judge_stats([r["problem"] for r in first], [True] * len(first), [r["label"] for r in first],
+                          n_boot=n_boot, seed=seed)   # "judging" every response correct: acc = generation accuracy
+        row = {"judge": j, "generator": g, "domain": d, "n": len(first), "gen_acc": gen["acc"],
+               "gen_acc_lo": gen["acc_lo"], "gen_acc_hi": gen["acc_hi"]}
+        for mode in judge.MODES:
+            mine = [r for r in recs if r["mode"] == mode]
+            row[mode] = judge_stats([r["problem"] for r in mine], [r["label"] for r in mine],
+                                    [r["verdict"] for r in mine], n_boot=n_boot, seed=seed)
+        rows.append(row)
+    return rows
+
+
+def run_verify(cfg: VerifyConfig) -> dict:
+    import plots
+    models = {n: check_model(n, p) for n, p in parse_named(cfg.models).items()}
+    doms = {n: own_domains(n, cfg.domains) for n in models}
+    prompts = {d: verify_prompts(cfg, d) for d in dict.fromkeys(d for ds in doms.values() for d in ds)}
+    device = resolve_device(cfg.device)
+    responses, records = {}, []
+    for name, path in tqdm(models.items(), desc="verify", unit="model"):
+        tokenizer, policy = load_named(name, path, device)
+        responses[name] = [r for d in doms[name] for r in sample_responses(policy, tokenizer, prompts[d], cfg)]
+        records += [{"judge": name, "generator": name, **r}
+                    for r in judge_responses(policy, tokenizer, responses[name], cfg)]
+        del policy
+    if cfg.cross:   # every model judges the others' responses too (each loaded once more)
+        for name, path in tqdm(models.items(), desc="verify cross", unit="judge"):
+            tokenizer, policy = load_named(name, path, device)
+            for gen in [g for g in models if g != name]:
+                records += [{"judge": name, "generator": gen, **r}
+                            for r in judge_responses(policy, tokenizer, responses[gen], cfg)]
+            del policy
+    rows = summarize_verify(records, n_boot=cfg.n_boot, seed=cfg.seed)
+    res = {"config": asdict(cfg), "models": models, "own_domains": doms, "modes": list(judge.MODES),
+           "rows": rows}
+    out = Path(cfg.out)
+    write_atomic(out / "verify_per_response.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_json(out / "verify.json", res)
+    md = verify_markdown(res)
+    write_atomic(out / "verify.md", md)
+    plots.plot_verify(res, out / "verify_bars.png")
+    if cfg.cross:
+        plots.plot_verify_cross(res, out / "verify_cross.png")
+    print(md)
+    return res
+
+
+def ci(v: dict, key: str) -> str:
+    """"0.625 [0.500, 0.750]" from a judge_stats dict, n/a where undefined."""
+    if v.get(key) is None:
+        return "n/a"
+    return f"{fmt(v[key])} [{fmt(v[f'{key}_lo'])}, {fmt(v[f'{key}_hi'])}]"
+
+
+def verify_markdown(res: dict) -> str:
+    """Table 7: every model judging its own responses, per domain and mode; the mean over domains per model;
+    the cross matrix when computed. Says where a judge cannot be told from chance."""
+    own = [r for r in res["rows"] if r["judge"] == r["generator"]]
+    md = ("Self-verification (paper Table 7): each model's responses to its own domain's eval prompts, judged by "
+          "the same model seeing the final answer only (outcome) or the whole response (process); a verdict is "
+          "right when it agrees with the rule verifier (paper grader). Judge accuracy counts an unparseable "
+          "verdict as wrong. TPR: correct responses judged correct; TNR: wrong responses judged wrong; balanced "
+          "accuracy (TPR + TNR) / 2 is 0.5 for a judge that ignores the response, whatever the share of correct "
+          "responses. 95% bootstrap intervals over problems. The prompts and the parsing are a reconstruction "
+          "(data/judge.py).\n\n")
+    rows = []
+    for r in own:
+        for mode in res["modes"]:
+            v = r[mode]
+            rows.append([r["judge"], r["domain"], f"{r['n']} ({v['n_pos']}/{v['n_neg']})",
+                         f"{fmt(r['gen_acc'])} [{fmt(r['gen_acc_lo'])}, {fmt(r['gen_acc_hi'])}]", mode,
+                         ci(v, "acc"), ci(v, "bal_acc"), fmt(v["tpr"]), fmt(v["tnr"]), fmt(v["unparseable"]),
+                         fmt(v["said_yes"])])
+    md += md_table(["model", "domain", "responses (correct/wrong)", "generation acc", "mode", "judge acc",
+                    "balanced acc", "TPR", "TNR", "unparseable", "said yes"], rows)
+    chance = [f"{r['judge']} {r['domain']} {m}" for r in own for m in res["modes"]
+              if r[m]["bal_acc_lo"] is None or r[m]["bal_acc_lo"] <= 0.5]
+    if chance:
+        md += (f"\nNo judging signal (balanced accuracy undefined, or its 95% interval not above 0.5; a judge "
+               f"whose verdicts are all unparseable scores 0) in {len(chance)} of {len(own) * len(res['modes'])} "
+               f"cells: {', '.join(chance)}.\n")
+
+    def mean(vals):
+        vals = [x for x in vals if x is not None]
+        return float(np.mean(vals)) if vals else None
+
+    md += "\nMean over each model's domains (the paper's average judge accuracy, outcome / process):\n\n"
+    names = list(dict.fromkeys(r["judge"] for r in own))
+    md += md_table(["model", "generation acc", *[f"{m} {s}" for m in res["modes"] for s in ("acc", "balanced acc")],
+                    *[f"{m} unparseable" for m in res["modes"]]],
+                   [[n, mean(r["gen_acc"] for r in own if r["judge"] == n),
+                     *[mean(r[m][s] for r in own if r["judge"] == n) for m in res["modes"] for s in ("acc", "bal_acc")],
+                     *[mean(r[m]["unparseable"] for r in own if r["judge"] == n) for m in res["modes"]]]
+                    for n in names])
+    cross = [r for r in res["rows"] if r["judge"] != r["generator"]]
+    if cross:
+        md += "\nCross-judging: balanced accuracy, outcome / process, of each judge (rows) on each generator's responses:\n\n"
+        gens = list(dict.fromkeys(r["generator"] for r in res["rows"]))
+        for d in dict.fromkeys(r["domain"] for r in res["rows"]):
+            cell = {(r["judge"], r["generator"]): r for r in res["rows"] if r["domain"] == d}
+            md += f"\n{d}:\n\n" + md_table(["judge", *gens], [
+                [j] + [f"{fmt(cell[(j, g)]['outcome']['bal_acc'])} / {fmt(cell[(j, g)]['process']['bal_acc'])}"
+                       if (j, g) in cell else "" for g in gens] for j in names])
+    return md
+
+
+# ----------------------------------------------------------------------------------------------------------
 # report: one report.md from folders of runs and the analyses above (report.py)
 # ----------------------------------------------------------------------------------------------------------
 
@@ -1095,7 +1367,7 @@ class ReportConfig:
 # ----------------------------------------------------------------------------------------------------------
 
 SUBCOMMANDS = {"eval": EvalConfig, "weights": WeightsConfig, "kl": KLConfig, "consistency": ConsistencyConfig,
-               "report": ReportConfig}
+               "verify": VerifyConfig, "report": ReportConfig}
 
 
 def main(args: list[str] | None = None, run_report=None) -> None:
@@ -1106,7 +1378,7 @@ def main(args: list[str] | None = None, run_report=None) -> None:
         cfg = tyro.extras.subcommand_cli_from_dict(SUBCOMMANDS, args=args)
         print(json.dumps({type(cfg).__name__: asdict(cfg)}))
         {EvalConfig: run_eval, WeightsConfig: run_weights, KLConfig: run_kl, ConsistencyConfig: run_consistency,
-         ReportConfig: run_report}[type(cfg)](cfg)
+         VerifyConfig: run_verify, ReportConfig: run_report}[type(cfg)](cfg)
     except UserError as e:
         sub = next((a for a in (sys.argv[1:] if args is None else args) if a in SUBCOMMANDS), "")
         sys.exit(f"analyze.py {sub}: error: {e}")

@@ -18,6 +18,9 @@ Every stage is one command of sft.py, train.py, merge.py or analyze.py, printed 
   s<seed>/merge/<method>  merge.py --method <method> over the experts against the base, in .../runs/merge-<method>
   s<seed>/train/opd       train.py --teachers <domain>=<expert>,...: MT-OPD, the experts distilled into one student
   s<seed>/eval, weights, kl, consistency: analyze.py subcommands writing to <out>/seed_<seed>/report
+  s<seed>/pair/<a>-<b>    merge.py --method <pair_method> over experts a and b (Table 6), in <out>/seed_<seed>/pairs
+  s<seed>/pair-eval/<a>-<b>  analyze.py eval of that pair on a's and b's domains, in .../report/pairs/<a>-<b>
+  s<seed>/verify          analyze.py verify of the base, the experts, the mixed model and MT-OPD (Table 7)
   report                  analyze.py report over every seed: <out>/report/report.md
 
 What the comparison matches, as in the paper: each expert trains for `steps` and the mixed model for
@@ -41,6 +44,9 @@ Small-world choices (the CPU default), each a flag:
   training reward has left the base's 0.3-0.45 for about 0.8. The eval is avg@2 on 100 held-out problems per
   domain and the KL matrix uses 8 prompts per domain, so that the whole run stays within about 20 minutes on
   2 cores.
+- Figure 2: the experts and the mixed run evaluate 8 held-out problems per domain (avg@2) at steps 0, 5, ...
+  and the end; Table 6 evaluates each TIES pair on the first 50 problems of its members' domains (avg@2);
+  Table 7 judges 8 problems per domain x 2 responses per model.
 - Two training runs go side by side, each one process with one thread: on 2 loaded cores one thread per
   process was measured 3-5x faster per step than one process with two threads (a process whose two threads
   share a core with another process spends its time waiting for the slower thread). Each run's
@@ -130,6 +136,24 @@ class Config:
     """Longest sampled completion in eval and kl; None: the GRPO runs' own (train.py's preset and --train-args),
     since a model is only meaningful within the budget it was trained for."""
 
+    # The paper's other experiments: Figure 2, Table 6, Table 7
+    train_eval_every: int = 5
+    """Figure 2: the experts and the mixed run evaluate held-out problems of every domain every N steps
+    (train.py --eval-every, eval.jsonl, its time kept out of the cost); 0: off."""
+    train_eval_problems: int = 8
+    """Held-out problems per domain of that evaluation (fewer than eval's, to keep the runs short), k = eval_k."""
+    train_eval_data: str = ""
+    """Held-out rows for it and for verify when --data is not embedded (train.py --eval-data, a row-schema file)."""
+    pair_method: str = "ties"
+    """Table 6: every pair of experts merged with this merge.py method (the paper does not name its operator);
+    empty: no pairwise merges."""
+    pair_problems: int | None = 50
+    """Problems per benchmark on which the pair merges are evaluated (a prefix of eval's, so paired with its
+    experts' results); None: all."""
+    verify_problems: int = 8
+    """Table 7: problems per domain on which each model's own responses are judged (analyze.py verify), k =
+    eval_k; 0: no verify stage."""
+
     def __post_init__(self):
         unknown = [d for d in self.domains if d not in data.DOMAINS]
         if unknown or not self.domains:
@@ -147,6 +171,8 @@ PRESETS = {
         preset="paper", out="out/paper", model="/path/to/Qwen3-4B-Base-SFT",
         data="/path/to/Nemotron-3-Nano-RL-Training-Blend/train.jsonl", nproc=8, parallel=1, steps=None,
         mixed_steps=None, train_args="--preset paper", opd_args="--preset paper-opd", eval_k=4,
+        train_eval_every=20, train_eval_problems=64, train_eval_data="/path/to/benchmarks/heldout_all_domains.jsonl",
+        pair_problems=None, verify_problems=64,
         benchmarks=[f"{name}=/path/to/benchmarks/{file}" for name, file in (
             ("aime24", "aime24.jsonl"), ("aime25", "aime25.jsonl"), ("livecodebench", "livecodebench_v6.jsonl"),
             ("gpqa_diamond", "gpqa_diamond.csv"), ("mmlu_redux", "mmlu_redux.jsonl"), ("ifeval", "ifeval.jsonl"),
@@ -228,12 +254,17 @@ def plan(cfg: Config) -> list[Stage]:
                          metrics=str(runs / name / "metrics.jsonl"))
 
         first = len(stages)
+        # Figure 2: the experts and the mixed run evaluate every domain while they train
+        curves = [] if not cfg.train_eval_every else [
+            "--eval-every", str(cfg.train_eval_every), "--eval-domains", "all", "--eval-problems",
+            str(cfg.train_eval_problems), "--eval-k", str(cfg.eval_k),
+            *(["--eval-data", cfg.train_eval_data] if cfg.train_eval_data else [])]
         for d in cfg.domains:
-            stages.append(train_stage(d, (d,), grpo, cfg.steps, base_marks))
+            stages.append(train_stage(d, (d,), [*grpo, *curves], cfg.steps, base_marks))
         experts = {d: str(runs / d) for d in cfg.domains}
         expert_marks = [str(runs / d / "run.json") for d in cfg.domains]
         if len(cfg.domains) > 1:
-            stages.append(train_stage("mixed", cfg.domains, mixed_args(grpo), cfg.mixed_steps, base_marks))
+            stages.append(train_stage("mixed", cfg.domains, [*mixed_args(grpo), *curves], cfg.mixed_steps, base_marks))
         for m in cfg.methods:
             dest = runs / f"merge-{m}"
             stages.append(Stage(f"{tag}merge/{m}", ["python", "merge.py", "--method", m, "--base", base,
@@ -273,15 +304,48 @@ def plan(cfg: Config) -> list[Stage]:
         for name, args, inputs, output in analyses:
             stages.append(Stage(f"{tag}{name}", ["python", "analyze.py", name, *args, "--out", str(report)],
                                 [str(report / output)], inputs))
+        stages += paper_stages(cfg, tag, seed, base, base_marks, experts, expert_marks,
+                               {"base": base, **experts, **mixed, "opd": trained["opd"]}, marks, gen)
     seed_dirs = [out / f"seed_{s}" for s in range(cfg.seed, cfg.seed + cfg.seeds)]
-    analysis_marks = [o for s in stages if s.name.split("/")[-1] in ("eval", "weights", "kl", "consistency")
-                      for o in s.outputs]
+    analysis_marks = [o for s in stages if s.name.split("/")[-1] in ("eval", "weights", "kl", "consistency", "verify")
+                      or "pair-eval/" in s.name for o in s.outputs]
     stages.append(Stage("report", ["python", "analyze.py", "report", "--runs", *[str(d / "runs") for d in seed_dirs],
                                    "--analyses", *[str(d / "report") for d in seed_dirs], "--base", base,
                                    "--out", str(out / "report"), "--no-compute"],
                         [str(out / "report" / "report.md")],
                         [o for s in stages if s.name.split("/")[-1] != "report" for o in s.outputs
                          if o.endswith(("run.json", "merge_report.json"))] + analysis_marks))
+    return stages
+
+
+def paper_stages(cfg: Config, tag: str, seed: int, base: str, base_marks: list[str], experts: dict[str, str],
+                 expert_marks: list[str], judged: dict[str, str], marks: list[str], gen: list[str]) -> list[Stage]:
+    """Table 6 and Table 7 for one seed. pair/<a>-<b>: merge.py --method pair_method over experts a and b, in
+    <out>/seed_<s>/pairs (apart from runs/, so the main tables and the cost leave them out); pair-eval/<a>-<b>:
+    analyze.py eval of that merge, named "a+b", on a's and b's domains, in .../report/pairs/<a>-<b>; verify:
+    analyze.py verify of `judged` (base, experts, mixed, MT-OPD) into .../report."""
+    import itertools
+    out = Path(cfg.out)
+    pairs_dir, report = out / f"seed_{seed}" / "pairs", out / f"seed_{seed}" / "report"
+    n_pairs = [] if cfg.pair_problems is None else ["--n-problems", str(cfg.pair_problems)]
+    stages = []
+    for a, b in itertools.combinations(experts, 2) if cfg.pair_method else []:
+        dest = pairs_dir / f"merge-{cfg.pair_method}-{a}-{b}"
+        stages.append(Stage(f"{tag}pair/{a}-{b}", ["python", "merge.py", "--method", cfg.pair_method, "--base", base,
+                                                    "--models", f"{experts[a]},{experts[b]}", "--seed", str(seed),
+                                                    "--out", str(dest)],
+                            [str(dest / "merge_report.json")], [*base_marks, *expert_marks], clean=[str(dest)]))
+        stages.append(Stage(f"{tag}pair-eval/{a}-{b}", [
+            "python", "analyze.py", "eval", "--models", f"{a}+{b}={dest}", "--benchmarks", *cfg.benchmarks,
+            "--domains", a, b, *n_pairs, "--k", str(cfg.eval_k), "--seed", str(seed), "--problem-seed", "0", *gen,
+            "--grader", "paper", "--batch-size", "64", "--out", str(report / "pairs" / f"{a}-{b}")],
+            [str(report / "pairs" / f"{a}-{b}" / "eval.json")], [str(dest / "merge_report.json")]))
+    if cfg.verify_problems:
+        held_out = ["--data", cfg.train_eval_data] if cfg.train_eval_data else []
+        stages.append(Stage(f"{tag}verify", [
+            "python", "analyze.py", "verify", "--models", *[f"{k}={v}" for k, v in judged.items()],
+            "--domains", *cfg.domains, *held_out, "--n-problems", str(cfg.verify_problems), "--k", str(cfg.eval_k),
+            "--seed", str(seed), *gen, "--out", str(report)], [str(report / "verify.json")], marks))
     return stages
 
 

@@ -421,3 +421,78 @@ def plot_training(train: dict, out: Path) -> list[Path]:
         paths.append(out / "train_stats.png")
         save_plot(fig, paths[-1], plotted)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation during training (paper Figure 2), pairwise merges (Table 6), self-verification (Figures 6-7)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def plot_train_eval(curves: dict, path: Path) -> None:
+    """Figure 2: one panel per trained run, one line per evaluated domain (avg@k of the held-out problems at
+    each evaluated step) with a band at its 95% bootstrap interval. curves: {run: {domain: [{"step", "value",
+    "lo", "hi"}]}} (report.train_eval_curves)."""
+    runs = list(curves)
+    fig, axes = plt.subplots(1, len(runs), layout="constrained", squeeze=False, sharey=True,
+                             figsize=(max(4.0, 3.6 * len(runs)), 3.4))
+    domains = list(dict.fromkeys(d for c in curves.values() for d in c))
+    color = {d: f"C{i % 10}" for i, d in enumerate(domains)}
+    for ax, run in zip(axes[0], runs):
+        for d, pts in curves[run].items():
+            x = [p["step"] for p in pts]
+            ax.plot(x, [p["value"] for p in pts], marker="o", ms=3, color=color[d], label=d)
+            ax.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=color[d], alpha=0.15, lw=0)
+        ax.set_title(run)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("avg@k on held-out problems")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Accuracy of every domain during each run (bands: 95% bootstrap interval over problems)")
+    save_plot(fig, path, curves)
+
+
+def plot_pairwise(rows: list[dict], path: Path) -> None:
+    """Table 6 as bars: each ordered pair's change on its first member's domain against that member's expert,
+    whiskers at the paired interval, the KL cell in the label."""
+    labels = [f"{r['a']}+{r['b']} on {r['a']} (KL {sig(r['kl'])})" for r in rows]
+    get = lambda key: [r["delta"][key] if r["delta"] else None for r in rows]  # noqa: E731
+    fig = hbar_panels(labels, {"pair merge - expert": get("value")}, err={"pair merge - expert": (get("lo"), get("hi"))},
+                      xlabel="avg@k difference", title="Pairwise merges: change on each member's own domain")
+    save_plot(fig, path, {"rows": rows})
+
+
+def plot_verify(res: dict, path: Path) -> None:
+    """Figures 6-7 in spirit: for each model and domain (rows), the generation accuracy and the judge's
+    balanced accuracy in each mode (panels), whiskers at the 95% interval; 0.5 is chance."""
+    own = [r for r in res["rows"] if r["judge"] == r["generator"]]
+    labels = [f"{r['judge']} / {r['domain']}" for r in own]
+    panels = {"generation acc": [r["gen_acc"] for r in own]}
+    err = {"generation acc": ([r["gen_acc_lo"] for r in own], [r["gen_acc_hi"] for r in own])}
+    for m in res["modes"]:
+        panels[f"{m}: balanced acc"] = [r[m]["bal_acc"] for r in own]
+        err[f"{m}: balanced acc"] = ([r[m]["bal_acc_lo"] for r in own], [r[m]["bal_acc_hi"] for r in own])
+        panels[f"{m}: unparseable"] = [r[m]["unparseable"] for r in own]
+    fig = hbar_panels(labels, panels, err=err, xlim=(0, 1.3), xlabel="share",
+                      title="Self-verification: each model judging its own responses (balanced acc 0.5 = chance)")
+    for ax, name in zip(fig.axes, panels):
+        if "balanced" in name:
+            ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+    save_plot(fig, path, {"rows": labels, "values": panels, "interval": err})
+
+
+def plot_verify_cross(res: dict, path: Path) -> None:
+    """Judge x generator balanced accuracy per domain and mode (heatmaps), when `verify --cross` ran."""
+    doms = list(dict.fromkeys(r["domain"] for r in res["rows"]))
+    judges = list(dict.fromkeys(r["judge"] for r in res["rows"]))
+    gens = list(dict.fromkeys(r["generator"] for r in res["rows"]))
+    fig, axes = plt.subplots(len(res["modes"]), len(doms), layout="constrained", squeeze=False,
+                             figsize=(3.2 * len(doms) + 1, 2.6 * len(res["modes"]) + 0.4 * len(judges)))
+    plotted = {}
+    for i, m in enumerate(res["modes"]):
+        for j, d in enumerate(doms):
+            cell = {(r["judge"], r["generator"]): r[m]["bal_acc"] for r in res["rows"] if r["domain"] == d}
+            mat = [[cell.get((a, g)) for g in gens] for a in judges]
+            heatmap(axes[i][j], mat, judges, gens, f"{d}, {m}", vmin=0, vmax=1, cmap="RdBu")
+            plotted[f"{d}/{m}"] = mat
+    fig.suptitle("Balanced accuracy of each judge (rows) on each generator's responses (columns)")
+    save_plot(fig, path, {"judges": judges, "generators": gens, "balanced_acc": plotted})

@@ -663,6 +663,143 @@ def accuracy_json(ps: dict, stats: dict, who: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Evaluation during training (paper Figure 2), pairwise merges (Table 6), self-verification (Table 7)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def read_train_eval(path: Path) -> list[dict]:
+    """eval.jsonl of a training run (train.py --eval-every): one line per evaluated step."""
+    return [row for _, row in analyze.read_jsonl(path, ("step", "problems"))]
+
+
+def train_eval_curves(runs: list[dict], *, n_boot: int, seed: int) -> dict:
+    """{"curves": {run: {domain: [{"step", "value", "lo", "hi", "seeds", "n"}]}}, "change": {run: {domain:
+    estimate}}, "eval_s": {run: [seconds per runs folder]}} from every runs folder's eval.jsonl of each run
+    (runs: one {run name: found run} per runs folder). A point is avg@k over the held-out problems with its
+    bootstrap interval (seeds averaged per problem, on the steps and problems every folder has); change is the
+    last evaluated step minus step 0, per problem (a paired interval)."""
+    out = {"curves": {}, "change": {}, "eval_s": {}}
+    for name in runs[0]:
+        paths = [Path(r[name]["dir"]) / "eval.jsonl" if name in r else None for r in runs]
+        if not all(p is not None and p.exists() for p in paths):
+            continue
+        logs = [{row["step"]: row for row in read_train_eval(p)} for p in paths]
+        steps = sorted(set.intersection(*(set(lg) for lg in logs)))
+        if not steps:
+            continue
+        scores = {}   # (step, domain) -> (seeds, problems)
+        for st in steps:
+            per = [{(p["domain"], p["id"]): float(np.mean(p["rewards"])) for p in lg[st]["problems"]} for lg in logs]
+            keys = [k for k in per[0] if all(k in x for x in per[1:])]   # in eval.jsonl's (domain) order
+            for d in dict.fromkeys(d for d, _ in keys):
+                mine = [k for k in keys if k[0] == d]
+                scores[(st, d)] = (mine, np.array([[x[k] for k in mine] for x in per]))
+        curves, change = {}, {}
+        for (st, d), (_, sc) in scores.items():
+            e = estimate({f"train-eval/{d}": sc}, n_boot=n_boot, seed=seed)
+            curves.setdefault(d, []).append({"step": st, **e})
+        for d in curves:
+            first, last = scores.get((steps[0], d)), scores.get((steps[-1], d))
+            if first and last and len(steps) > 1:
+                both = sorted(set(first[0]) & set(last[0]))
+                fi, la = [first[0].index(k) for k in both], [last[0].index(k) for k in both]
+                change[d] = estimate({f"train-eval/{d}": last[1][:, la] - first[1][:, fi]}, n_boot=n_boot, seed=seed)
+        out["curves"][name], out["change"][name] = curves, change
+        out["eval_s"][name] = [r[name]["run"].get("eval_s") for r in runs]
+    return out
+
+
+def train_eval_markdown(res: dict, runs: dict) -> str:
+    """Each run's curves as a table (step x evaluated domain), and the change from step 0 to the end."""
+    md = ("avg@k of held-out problems of every domain, evaluated during each run (train.py --eval-every; "
+          "eval.jsonl), with 95% bootstrap intervals over problems. The evaluation's time (eval s) is kept out of "
+          "the run's wall time and device-hours, so the cost table above counts training only.\n")
+    for name, curves in res["curves"].items():
+        doms = list(curves)
+        steps = [p["step"] for p in curves[doms[0]]]
+        n = {d: curves[d][0]["n"] for d in doms}
+        md += (f"\n{name} ({runs[name]['kind']}, trained on {', '.join(runs[name]['domains'])}; eval s "
+               f"{spread_text(res['eval_s'][name])}):\n\n")
+        md += md_table(["step", *[f"{d} (n={n[d]})" for d in doms]],
+                       [[st] + [est_text(next((p for p in curves[d] if p["step"] == st), None)) for d in doms]
+                        for st in steps])
+    if any(res["change"].values()):
+        md += (f"\nChange from step 0 to the last evaluated step, per problem, with paired 95% intervals ({SIG_NOTE}); "
+               "the paper's Figure 2 reads from this whether training one domain lifts the others:\n\n")
+        doms = list(dict.fromkeys(d for c in res["change"].values() for d in c))
+        md += md_table(["run", "trained on", *doms],
+                       [[n, ",".join(runs[n]["domains"]), *[est_text(c.get(d), diff=True) for d in doms]]
+                        for n, c in res["change"].items()])
+    return md
+
+
+PAIR_METHOD_NOTE = ("The paper does not name the operator of its pairwise merges (Table 6); this uses one method for "
+                    "every pair (experiment.py --pair-method, TIES by default).")
+
+
+def pair_members(name: str) -> tuple[str, str] | None:
+    """"math+code" -> ("math", "code"): a pair merge's name in its eval results."""
+    a, sep, b = name.partition("+")
+    return (a, b) if sep and a and b and "+" not in b else None
+
+
+def pairwise_rows(main: list[list[dict]], pairs: list[list[dict]], experts: dict, kl: dict | None, *,
+                  n_boot: int, seed: int) -> list[dict]:
+    """Table 6 for every ordered pair (a, b) of experts merged: on a's domain, the pair merge's avg@k, a's
+    expert's, and their difference with a paired interval (the same problems, seeds averaged per problem).
+    main: each runs folder's eval_per_problem records (the experts'); pairs: each runs folder's pair-merge
+    records (models named "a+b"); experts {domain: name in main}. kl: kl.json, for the neighbourhood cell
+    KL(expert a || expert b) on the trajectories expert a samples on its own domain (where the paper's
+    Figure 4 reading says: small, so b predicts like a on a's data and merging with b spares a)."""
+    def scores(records, model, domain):   # {(benchmark, id): score}
+        return {(r["benchmark"], r["id"]): float(np.mean(r["rewards"])) for r in records
+                if r["model"] == model and r["domain"] == domain}
+
+    names = list(dict.fromkeys(r["model"] for r in pairs[0]))
+    out = []
+    for pair in names:
+        members = pair_members(pair)
+        if not members:
+            continue
+        for a, b in (members, members[::-1]):
+            if a not in experts:
+                continue
+            mine = [scores(recs, pair, a) for recs in pairs]
+            theirs = [scores(recs, experts[a], a) for recs in main]
+            keys = sorted(set.intersection(*(set(x) for x in mine + theirs)))
+            by = defaultdict(list)
+            for k in keys:
+                by[k[0]].append(k)
+            arr = lambda src, ks: np.array([[x[k] for k in ks] for x in src])  # noqa: E731  (seeds, problems)
+            pair_s = {bench: arr(mine, ks) for bench, ks in by.items()}
+            exp_s = {bench: arr(theirs, ks) for bench, ks in by.items()}
+            cell = None
+            if kl and a in kl["domains"] and b in kl["models"]:
+                ia = kl["domains"].index(a)
+                cell = kl["kl_fwd"][ia][ia][kl["models"].index(b)]
+            out.append({"pair": pair, "a": a, "b": b, "n": len(keys),
+                        "expert": estimate(exp_s, n_boot=n_boot, seed=seed),
+                        "merged": estimate(pair_s, n_boot=n_boot, seed=seed),
+                        "delta": estimate({bench: pair_s[bench] - exp_s[bench] for bench in by}, n_boot=n_boot,
+                                          seed=seed),
+                        "kl": cell})
+    return out
+
+
+def pairwise_markdown(rows: list[dict], method: str | None) -> str:
+    md = (f"Every pair of experts merged{f' with {method}' if method else ''}, on each member's own domain against "
+          f"that member's expert alone (the paper's Table 6), with paired 95% bootstrap intervals ({SIG_NOTE}). "
+          "KL(a || b): the KL matrix's cell KL(expert a || expert b) on the trajectories expert a samples on its own "
+          "domain: a small one says b is a neighbour of a there, which predicts that merging b in costs a little on "
+          f"a's domain; the cells of (a, b) and (b, a) differ, as the changes can. {PAIR_METHOD_NOTE}\n\n")
+    md += md_table(["pair", "on domain of", "merged with", "problems", "expert alone", "pair merge",
+                    "pair - expert", "KL(a || b)"],
+                   [[r["pair"], r["a"], r["b"], r["n"], est_text(r["expert"]), est_text(r["merged"]),
+                     est_text(r["delta"], diff=True), sig(r["kl"])] for r in rows])
+    return md
+
+
+# ----------------------------------------------------------------------------------------------------------
 # report.md
 # ----------------------------------------------------------------------------------------------------------
 
@@ -901,8 +1038,77 @@ def run_report(cfg: analyze.ReportConfig) -> str:
     else:
         missing("consistency.json (needs eval results of the base, the experts and a mixed or merged model; "
                 "run `python analyze.py consistency`).")
+    md += paper_analyses(founds, analyses, ev, models[0], out, cfg)
     text = "\n".join(md)
     write_json(out / "report.json", numbers)
     write_atomic(out / "report.md", text)
     print(f"wrote {out / 'report.md'}")
     return text
+
+
+def paper_analyses(founds: list[dict], analyses: list[Path], ev: dict | None, models: dict, out: Path,
+                   cfg: analyze.ReportConfig) -> list[str]:
+    """Sections 9-11: Figure 2's curves (the runs' eval.jsonl), Table 6's pairwise merges (<analyses>/pairs/*/)
+    and Table 7's self-verification (<analyses>/verify.json); their numbers go into stats.json too. The report
+    never computes them (experiment.py runs them): a missing one reads "Not run"."""
+    import plots
+    md, numbers = [], {}
+    md.append("## 9. Accuracy of every domain during training (paper Figure 2)\n")
+    order = lambda t: ({"expert": 0, "mixed": 1}.get(t["kind"], 2),   # noqa: E731  experts in domain order
+                       data.DOMAINS.index(t["domains"][0]) if t["kind"] == "expert" and t["domains"][0] in data.DOMAINS
+                       else len(data.DOMAINS))
+    runs = [dict(sorted(((n, t) for n, t in f["train"].items() if t["kind"] != "base"), key=lambda nt: order(nt[1])))
+            for f in founds]
+    curves = train_eval_curves(runs, n_boot=cfg.n_boot, seed=cfg.seed)
+    if curves["curves"]:
+        md.append(train_eval_markdown(curves, runs[0]))
+        plots.plot_train_eval(curves["curves"], out / "train_eval.png")
+        md.append("\n![train_eval](train_eval.png)\n")
+        numbers["train_eval"] = curves
+    else:
+        md.append("**Not run:** no run has an eval.jsonl (train.py --eval-every N).\n")
+
+    md.append("## 10. Pairwise merges and the policy neighbourhood (paper Table 6)\n")
+    pair_files = [sorted((a / "pairs").glob("*/eval_per_problem.jsonl")) for a in analyses]
+    main_files = [a / "eval_per_problem.jsonl" for a in analyses]
+    rows = []
+    if ev and all(pair_files) and all(p.exists() for p in main_files):
+        who = roles(models, ev)
+        kl_path = analyses[0] / "kl.json"
+        kl = read_json(kl_path) if kl_path.exists() else None
+        if kl and not (kl.get("domains") and isinstance(kl["kl_fwd"][0][0], list)):
+            kl = None   # a kl.json from before the cross matrix
+        pairs = [[r for f in files for r in analyze.read_per_problem(f)] for files in pair_files]
+        # the merge method, from each pair merge's merge_report.json (eval.json names the merge's folder)
+        merged = [Path(p) / "merge_report.json" for f in pair_files[0] if (f.parent / "eval.json").exists()
+                  for p in read_json(f.parent / "eval.json")["models"].values()]
+        methods = sorted({read_json(p).get("method") for p in merged if p.exists()} - {None})
+        method = ", ".join(methods) or None
+        rows = pairwise_rows([analyze.read_per_problem(p) for p in main_files], pairs, who["experts"], kl,
+                             n_boot=cfg.n_boot, seed=cfg.seed)
+    if rows:
+        md.append(pairwise_markdown(rows, method))
+        plots.plot_pairwise(rows, out / "pairwise.png")
+        md.append("\n![pairwise](pairwise.png)\n")
+        numbers["pairwise"] = rows
+    else:
+        md.append("**Not run:** pair merges' eval results (<analyses>/pairs/<a>-<b>/eval_per_problem.jsonl, "
+                  "made by experiment.py) beside the main eval.\n")
+
+    md.append("## 11. Self-verification (paper Section 3.6, Table 7, Figures 6-7)\n")
+    vpath = analyses[0] / "verify.json"
+    if vpath.exists():
+        res = read_json(vpath)
+        md.append(("First runs folder:\n\n" if len(analyses) > 1 else "") + analyze.verify_markdown(res))
+        plots.plot_verify(res, out / "verify_bars.png")
+        md.append("\n![verify](verify_bars.png)\n")
+        if any(r["judge"] != r["generator"] for r in res["rows"]):
+            plots.plot_verify_cross(res, out / "verify_cross.png")
+            md.append("\n![verify_cross](verify_cross.png)\n")
+        numbers["verify"] = res["rows"]
+    else:
+        md.append("**Not run:** verify.json (run `python analyze.py verify`).\n")
+    if numbers:
+        stats = read_json(out / "stats.json") if (out / "stats.json").exists() else {}
+        write_json(out / "stats.json", {**stats, **numbers})
+    return md

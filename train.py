@@ -169,6 +169,20 @@ class Config:
     reward_workers: int = 4
     """Parallel workers for the verifiers (code runs in sandboxed subprocesses)."""
 
+    # Evaluation during training (the paper's Figure 2): held-out problems of every domain, not only the trained
+    eval_every: int = 0
+    """Evaluate every N steps (and at step 0 and the last step), into eval.jsonl; 0: never. Its time is logged
+    apart (eval_s in run.json) and left out of the training time and the device-hours."""
+    eval_domains: Domains = ("all",)
+    """Domains evaluated during training, comma separated; "all": every domain, trained or not."""
+    eval_problems: int = 16
+    """Held-out problems per domain (the first N of each domain's eval rows, the same at every step)."""
+    eval_k: int = 2
+    """Samples per problem (avg@k), drawn as analyze.py eval draws them (its temperature and top-p)."""
+    eval_data: str = ""
+    """Held-out rows: empty takes the eval split of --data embedded; with any other --data, give a row-schema
+    file of held-out problems here (a training file is used whole, so it holds no held-out split)."""
+
     def __post_init__(self):
         unknown = [d for d in self.domains if d not in data.DOMAINS]
         if unknown or not self.domains:
@@ -182,6 +196,16 @@ class Config:
         assert self.group_size >= 2, "GRPO needs at least 2 completions per prompt"
         assert self.prompts_per_step >= 1 and self.minibatches >= 1 and self.micro_batch >= 1
         assert 0 <= self.clip_low < 1 and self.clip_high >= 0
+        if tuple(self.eval_domains) == ("all",):
+            self.eval_domains = data.DOMAINS
+        bad = [d for d in self.eval_domains if d not in data.DOMAINS]
+        if bad or not self.eval_domains:
+            raise UserError(f"--eval-domains: unknown domain(s) {bad or '(none given)'}; valid: all, "
+                            f"{', '.join(data.DOMAINS)}")
+        if self.eval_every and (self.eval_problems < 1 or self.eval_k < 1):
+            raise UserError(f"--eval-problems and --eval-k must be at least 1, got {self.eval_problems}, {self.eval_k}")
+        if self.eval_every and self.data != "embedded" and not self.eval_data:
+            raise UserError(f"--eval-every with --data {self.data}: give held-out problems with --eval-data FILE")
         missing = [d for d in self.domains if self.teachers and d not in teacher_paths(self.teachers)]
         if missing:
             raise UserError(f"--teachers has no teacher for domain(s) {', '.join(missing)}")
@@ -235,6 +259,8 @@ def cli(argv: list[str]) -> Config:
         with open(saved) as f:
             fields = json.load(f)
         fields.update(domains=tuple(fields["domains"]), adam_betas=tuple(fields["adam_betas"]))
+        if "eval_domains" in fields:
+            fields["eval_domains"] = tuple(fields["eval_domains"])
         cfg = parse(argv, Config, PRESETS, defaults=Config(**fields))
     return cfg
 
@@ -699,6 +725,75 @@ def step_metrics(samples, srows, results, reward, zero_var, totals: dict, cfg: C
     return out
 
 
+# ----------------------------------------------------------------------------- evaluation during training
+
+def eval_schedule(steps: int, every: int) -> list[int]:
+    """The steps after which the policy is evaluated: 0 (the starting model), every `every`-th, and the last;
+    none when every is 0."""
+    if every <= 0:
+        return []
+    return sorted({0, *range(every, steps + 1, every), steps})
+
+
+def eval_rows(cfg: Config) -> list[dict]:
+    """The held-out problems evaluated during training: the first eval_problems rows of each eval domain, the
+    same at every step (embedded: the eval split drawn with seed 0, as `analyze.py eval --problem-seed 0`)."""
+    rows = data.load(cfg.eval_data or cfg.data, list(cfg.eval_domains), "eval", seed=0)
+    out = []
+    for d in cfg.eval_domains:
+        mine = [r for r in rows if r["domain"] == d][: cfg.eval_problems]
+        if not mine:
+            raise UserError(f"--eval-data {cfg.eval_data or cfg.data}: no held-out rows of domain {d}")
+        out += mine
+    return out
+
+
+def eval_record(step: int, problems: list[dict], seconds: float) -> dict:
+    """One line of eval.jsonl: avg@k and the problem count per domain, and every problem's rewards (so that
+    report.py can put bootstrap intervals on the curves)."""
+    by = {}
+    for p in problems:
+        by.setdefault(p["domain"], []).append(float(np.mean(p["rewards"])))
+    return {"step": step, "eval_s": seconds, "k": min(len(p["rewards"]) for p in problems),
+            "avg@k": {d: float(np.mean(v)) for d, v in by.items()}, "n": {d: len(v) for d, v in by.items()},
+            "problems": problems}
+
+
+def evaluate_policy(policy, engine, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int) -> list[dict]:
+    """eval_k samples of each held-out row, graded like the training rewards; every rank samples its slice
+    rows[rank::world] with the rollout engine and the ranks' results are gathered (a collective: every rank
+    calls it). Sampled with analyze.py eval's temperature and top-p, so the curves end where its table starts.
+    Returns {"id", "domain", "rewards"} per row, in row order (on every rank)."""
+    from analyze import EvalConfig   # its sampling defaults, not a second copy of them
+    mine = rows[rank::world] or rows[:1]   # a rank without a row still joins the weight push (then drops it)
+    kept = len(rows[rank::world])
+    if cfg.rollout == "sglang":
+        import rollout_sglang
+        prompt_ids = [tokenizer(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                                add_special_tokens=False)["input_ids"] for r in mine]
+        samples, _ = rollout_sglang.rollout_step(
+            policy, engine, prompt_ids, n=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
+            temperature=EvalConfig.temperature, top_p=EvalConfig.top_p,
+            stop_ids=modeling.stop_token_ids(tokenizer, policy.generation_config), tokenizer=tokenizer)
+    else:
+        sync_weights(policy, engine)
+        samples = modeling.generate(engine, tokenizer, [r["prompt"] for r in mine], n=cfg.eval_k,
+                                    max_new_tokens=cfg.max_new_tokens, temperature=EvalConfig.temperature,
+                                    top_p=EvalConfig.top_p, seed=cfg.seed * 7919 + rank)   # the same draws at
+        # every step (common random numbers): a step-to-step change is the policy's, less the sampling noise
+    graded = verify_batch([s["text"] for s in samples], [r for r in mine for _ in range(cfg.eval_k)],
+                          think=cfg.think, workers=cfg.reward_workers, grader=cfg.grader)
+    k = cfg.eval_k
+    local = [(rank + world * i, {"id": r["id"], "domain": r["domain"],
+                                 "rewards": [g["reward"] for g in graded[i * k:(i + 1) * k]]})
+             for i, r in enumerate(mine[:kept])]
+    if dist.is_initialized() and world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, local)
+        local = [x for part in gathered for x in part]
+    return [rec for _, rec in sorted(local, key=lambda x: x[0])]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def truncate_jsonl(path: str, last_step: int) -> None:
@@ -764,7 +859,8 @@ def main(cfg: Config) -> None:
         raise UserError(f"--data {cfg.data}: no training rows for domain(s) {', '.join(empty)}")
     try:
         weights = data.mix_weights(cfg.mix, cfg.domains)
-    except ValueError as e:
+        held_out = eval_rows(cfg) if cfg.eval_every else []   # Figure 2's problems, checked before any model work
+    except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
 
     # --- model: resume from the last checkpoint or start from cfg.model
@@ -818,7 +914,7 @@ def main(cfg: Config) -> None:
         with open(os.path.join(run_dir, "train_config.json.tmp"), "w") as f:   # what a later --resume continues with
             json.dump({**asdict(cfg), "resume": False, "overwrite": False}, f, indent=1)
         os.replace(os.path.join(run_dir, "train_config.json.tmp"), os.path.join(run_dir, "train_config.json"))
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             if ckpt:
                 truncate_jsonl(os.path.join(run_dir, name), start)
             elif os.path.exists(os.path.join(run_dir, name)):
@@ -838,6 +934,19 @@ def main(cfg: Config) -> None:
     if cfg.steps == 0:
         return _finish(run_dir, cfg, state, world, device, master, time.time())
 
+    schedule = set(eval_schedule(cfg.steps, cfg.eval_every))
+
+    def evaluate_now(step: int) -> None:   # eval.jsonl; its seconds go to state["eval_s"], not elapsed_s
+        t = time.time()
+        problems = evaluate_policy(policy, engine, tokenizer, held_out, cfg, rank, world)
+        seconds = time.time() - t
+        state["eval_s"] = state.get("eval_s", 0.0) + seconds
+        if master:
+            with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
+                f.write(json.dumps(eval_record(step, problems, seconds)) + "\n")
+
+    if start == 0 and 0 in schedule:
+        evaluate_now(0)
     from tqdm import tqdm
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not master, desc=run_name)
     t_run, bad_steps = time.time(), 0
@@ -897,6 +1006,8 @@ def main(cfg: Config) -> None:
         if bad_steps >= cfg.max_bad_steps:
             raise SystemExit(f"step {step + 1}: {bad_steps} steps in a row had a non-finite loss or gradient; "
                              f"stopping (lower --lr, check the data, or resume from {modeling.latest_checkpoint(run_dir)})")
+        if step + 1 in schedule:
+            evaluate_now(step + 1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             modeling.save_checkpoint(run_dir, step + 1, policy, optimizer, tokenizer, template, state, rank,
                             cfg.keep_checkpoints)
@@ -910,7 +1021,7 @@ def _finish(run_dir, cfg, state, world, device, master, t_run):
     if master:
         info = {"config": asdict(cfg), "steps_done": state["step"], "wall_s": state["elapsed_s"],
                 "world_size": world, "device": device.type,
-                "device_hours": state["device_s"] / 3600,
+                "device_hours": state["device_s"] / 3600, "eval_s": state.get("eval_s", 0.0),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         with open(os.path.join(run_dir, "run.json.tmp"), "w") as f:
             json.dump(info, f, indent=1)

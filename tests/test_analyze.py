@@ -601,7 +601,7 @@ def run_cli(*args: str, cwd: Path = ROOT, importtime: bool = False) -> subproces
 
 def test_cli_help_comes_before_torch_and_matplotlib():
     """--help parses the command line before the heavy imports (torch + transformers take seconds)."""
-    for args in (["--help"], ["report", "--help"], ["kl", "--help"]):
+    for args in (["--help"], ["report", "--help"], ["verify", "--help"], ["kl", "--help"]):
         out = run_cli(*args, importtime=True)
         assert out.returncode == 0, out.stderr
         imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
@@ -609,7 +609,7 @@ def test_cli_help_comes_before_torch_and_matplotlib():
         assert not {"torch", "transformers", "matplotlib", "model", "plots", "report"} & imported, args
     assert all(sub in out.stdout for sub in ("--experts", "--cross", "--no-cross"))
     out = run_cli("--help")
-    for sub in ("eval", "weights", "kl", "consistency", "report"):
+    for sub in ("eval", "weights", "kl", "consistency", "verify", "report"):
         assert sub in out.stdout
 
 

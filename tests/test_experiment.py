@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--domains", "math,code", "--steps", "2", "--mixed-steps", "2", "--methods", "ties,dare",
          "--train-args=--prompts-per-step 4 --group-size 2",
          "--opd-args=--prompts-per-step 4 --group-size 2",
-         "--eval-problems", "2", "--eval-k", "1", "--kl-problems", "2", "--max-new-tokens", "8"]
+         "--eval-problems", "2", "--eval-k", "1", "--kl-problems", "2", "--max-new-tokens", "8",
+         "--train-eval-problems", "1", "--pair-problems", "2", "--verify-problems", "1"]
 
 
 def small_cfg(out) -> experiment.Config:
@@ -41,7 +42,8 @@ def test_plan_orders_stages_and_wires_experts_into_merges_and_opd(tmp_path):
     stages = experiment.plan(small_cfg(tmp_path))
     names = [s.name for s in stages]
     assert names == ["sft", "train/math", "train/code", "train/mixed", "merge/ties", "merge/dare", "train/opd",
-                     "eval", "weights", "kl", "consistency", "report"]
+                     "eval", "weights", "kl", "consistency", "pair/math-code", "pair-eval/math-code", "verify",
+                     "report"]
     made = set()
     for s in stages:   # a stage only reads what an earlier stage writes
         assert set(s.inputs) <= made, (s.name, set(s.inputs) - made)
@@ -51,6 +53,21 @@ def test_plan_orders_stages_and_wires_experts_into_merges_and_opd(tmp_path):
     assert by["sft"].cmd == ["python", "sft.py", "--out", base]
     assert by["merge/ties"].cmd[by["merge/ties"].cmd.index("--base") + 1] == base
     assert by["merge/dare"].cmd[by["merge/dare"].cmd.index("--models") + 1] == f"{runs / 'math'},{runs / 'code'}"
+    # Figure 2: the experts and the mixed run evaluate every domain while training; MT-OPD does not
+    for name in ("train/math", "train/code", "train/mixed"):
+        cmd = by[name].cmd
+        assert cmd[cmd.index("--eval-every") + 1] == "5" and cmd[cmd.index("--eval-domains") + 1] == "all"
+    assert "--eval-every" not in by["train/opd"].cmd
+    # Table 6: the pair merge over both experts, evaluated on both members' domains under the pair's name
+    pair = by["pair/math-code"].cmd
+    assert pair[pair.index("--method") + 1] == "ties" and pair[pair.index("--models") + 1] == f"{runs / 'math'},{runs / 'code'}"
+    pe = by["pair-eval/math-code"].cmd
+    assert pe[pe.index("--models") + 1] == f"math+code={tmp_path / 'seed_0' / 'pairs' / 'merge-ties-math-code'}"
+    assert pe[pe.index("--domains") + 1: pe.index("--domains") + 3] == ["math", "code"]
+    # Table 7: base, experts, mixed and MT-OPD judged
+    ver = by["verify"].cmd
+    assert ver[ver.index("--models") + 1: ver.index("--domains")] == [
+        f"base={base}", f"math={runs / 'math'}", f"code={runs / 'code'}", f"mixed={runs / 'mixed'}", f"opd={runs / 'opd'}"]
     opd = by["train/opd"].cmd
     assert opd[opd.index("--teachers") + 1] == f"math={runs / 'math'},code={runs / 'code'}"
     assert opd[opd.index("--domains") + 1] == "math,code"
@@ -156,6 +173,11 @@ def test_paper_preset_writes_the_commands_and_runs_nothing(tmp_path):
     assert all(f"--base /path/to/Qwen3-4B-Base-SFT" in line for line in lines if " merge.py " in line)
     assert "--max-new-tokens 8192" in script and "aime24=/path/to/benchmarks/aime24.jsonl" in script
     assert lines[-1].startswith("python analyze.py report")
+    # the paper's other three: Figure 2's evaluation during training, Table 6's 6 pair merges, Table 7's verify
+    assert sum("--eval-every 20 --eval-domains all" in line for line in train_lines) == 5
+    assert sum(" merge.py --method ties " in line and "/pairs/" in line for line in lines) == 6
+    assert sum(line.startswith("python analyze.py eval --models ") and "+" in line.split()[4] for line in lines) == 6
+    assert sum(line.startswith("python analyze.py verify ") for line in lines) == 1
 
 
 def test_failed_stage_is_named_with_its_log(tmp_path):
@@ -172,7 +194,7 @@ def numbers(row: str) -> list[float]:
 
 def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
     cmd = [sys.executable, "experiment.py", "--out", str(tmp_path), *SMALL]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs, analyses, report = tmp_path / "seed_0" / "runs", tmp_path / "seed_0" / "report", tmp_path / "report"
     # the base every merge is taken against (sft.py's) is the step-0 model of every run
@@ -194,10 +216,21 @@ def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
     assert (report / "cost.json").exists()
 
     md = (report / "report.md").read_text()
-    assert "Not available" not in md
+    assert "Not available" not in md and "Not run" not in md
     for title in ("## 1. Runs", "## 2. Training curves", "## 3. Main table", "## 4. Combining the experts",
-                  "## 5. Cost", "## 6. Weight updates", "## 7. Cross-domain KL", "## 8. Consistency"):
+                  "## 5. Cost", "## 6. Weight updates", "## 7. Cross-domain KL", "## 8. Consistency",
+                  "## 9. Accuracy of every domain during training", "## 10. Pairwise merges", "## 11. Self-verification"):
         assert title in md
+    curves, pairs, verify = md[md.index("## 9."):md.index("## 10.")], md[md.index("## 10."):md.index("## 11.")], \
+        md[md.index("## 11."):]
+    for run in ("math", "code", "mixed"):   # each trained run's Figure 2 table, steps 0 and 2
+        assert re.search(rf"\n{run} \((expert|mixed)", curves), run
+    assert curves.count("\n| 0 |") == 3 and curves.count("\n| 2 |") == 3
+    for a, b in (("math", "code"), ("code", "math")):   # Table 6: both ordered pairs, a difference and a KL
+        assert re.search(rf"\| math\+code \| {a} \| {b} \| 2 \| .* \| [+-][0-9.]+ \[.*\] (sig|n.s.) \| [0-9.e-]+ \|", pairs), a
+    for model, domain in (("base", "math"), ("base", "code"), ("math", "math"), ("code", "code"), ("mixed", "math"),
+                          ("opd", "code")):   # Table 7
+        assert re.search(rf"\| {model} \| {domain} \| 1 \(\d/\d\) \| [0-9.]+ \[", verify), (model, domain)
     # the main table: every model with a number per domain and the mean
     main = md[md.index("## 3."):md.index("## 4.")]
     for model in ("base", "math", "code", "mixed", "merge-ties", "merge-dare", "opd"):
@@ -227,4 +260,4 @@ def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
 
     # a second run finds everything done and runs nothing
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "(0 stages run, 12 skipped)" in r.stdout, r.stdout[-2000:]
+    assert r.returncode == 0 and "(0 stages run, 15 skipped)" in r.stdout, r.stdout[-2000:]
