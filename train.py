@@ -45,6 +45,7 @@ from typing import Literal
 
 import data
 from cli import Domains, UserError, parse, run
+from data import RL_KINDS_SPEC
 
 
 # ----------------------------------------------------------------------------- config
@@ -84,7 +85,7 @@ class Config:
     data: str = "embedded"
     """Training rows: 'embedded', a .jsonl/.parquet/... file or dataset directory, or a Hub id such as
     nvidia/Nemotron-3-Nano-RL-Training-Blend (row schema or the Nemotron RL blend; data/README.md)."""
-    kinds: str = data.RL_KINDS_SPEC
+    kinds: str = RL_KINDS_SPEC
     """Shares of the embedded world's item kinds in the RL pools, e.g. shared=0.4,specific=0.3,conflict=0.3
     (data/embedded.py says what each kind teaches; the eval always uses the same shares); other --data ignore it."""
     model: str = "tiny"

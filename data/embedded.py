@@ -68,6 +68,7 @@ P_SLIP = 0.3       # ... share of the planned ones that slip
 P_CONFUSE = 0.5    # specific items: share of SFT demonstrations with the domain-specific mix-up
 P_TERSE = 0.5      # conflict items: share of SFT demonstrations that answer tersely under "Be brief."
 BRIEF = "Be brief."
+CUE = "\n\n" + BRIEF   # the conflict cue ends every domain's prompt alike, so the last tokens before the answer match
 # Item kinds of the eval split and of the SFT data, per domain (composite items exist for code and if only).
 EVAL_KINDS = {
     "math": {"shared": 0.45, "specific": 0.3, "conflict": 0.25},
@@ -202,11 +203,6 @@ def _think(plan: str, answer: str) -> str:
     return f"<think>{plan}</think>{answer}"
 
 
-def _brief(text: str, before: str) -> str:
-    """`text` with the cue " Be brief." inserted just before `before` (the end of the question)."""
-    i = text.index(before)
-    return text[:i] + " " + BRIEF + text[i:] if before else text + " " + BRIEF
-
 
 # ----------------------------------------------------------------------------- math
 
@@ -266,39 +262,37 @@ def _math_shared(rng: random.Random, brief: bool = False) -> tuple[dict, dict]:
     careful = _think(_plan(steps), f"\\boxed{{{answer}}}")
     hasty = _think("", f"\\boxed{{{left_to_right if left_to_right is not None else steps[0][1]}}}")
     if brief:
-        row = _row("math", "conflict", q + " " + BRIEF + MATH_SUFFIX, careful, answer=str(answer))
+        row = _row("math", "conflict", q + MATH_SUFFIX + CUE, careful, answer=str(answer))
         return row, {"terse": hasty, "full": careful}
     row = _row("math", "shared", q + MATH_SUFFIX, careful, answer=str(answer))
     slip = _think(_plan(steps[:1]), f"\\boxed{{{steps[0][1]}}}")
     return row, {"careful": careful, "slip": slip, "hasty": hasty}
 
 
-# verb, operator, factor: the SFT teacher's mix-up reads the verb as adding (or subtracting) the factor
-MATH_VERBS = [("doubles", "*", 2), ("triples", "*", 3), ("quadruples", "*", 4), ("is halved", "/", 2),
-              ("is cut to a third", "/", 3)]
+# verb, operator, factor, and the factor the SFT teacher's mix-up uses instead: the operation is right either way,
+# so the shared skills (planning, arithmetic, science's "multiply, don't add") do not tell the two apart
+MATH_VERBS = [("doubles", "*", 2, 3), ("triples", "*", 3, 2), ("quadruples", "*", 4, 2), ("is halved", "/", 2, 3),
+              ("is cut to a third", "/", 3, 2)]
 
 
 def _math_specific(rng: random.Random) -> tuple[dict, dict]:
-    """A quantity scaled by a verb, then a subtraction; the confused plan adds (or subtracts) the factor."""
+    """A quantity scaled by a verb, then a subtraction; the confused plan scales by the other factor."""
     name = rng.choice(NAMES)
     item = rng.choice(ITEMS)
-    verb, op, f = rng.choice(MATH_VERBS)
-    a = rng.randint(2, 12) * (f if op == "/" else 1)
-    scaled, mixed = (a * f, a + f) if op == "*" else (a // f, a - f)
-    if scaled == mixed or min(scaled, mixed) < 2:   # 2*2 = 2+2, 4/2 = 4-2: the mix-up would be right
-        return _math_specific(rng)
+    verb, op, f, bad = rng.choice(MATH_VERBS)
+    a = rng.randint(2, 12) * (6 if op == "/" else 1)   # divisible by 2 and 3
+    scaled, mixed = (a * f, a * bad) if op == "*" else (a // f, a // bad)
     c = rng.randint(1, min(scaled, mixed) - 1)
     q = f"{name} has {a} {item}. The number of {item} {verb}, then {name} gives away {c}. How many are left?"
-    wrong_op = "+" if op == "*" else "-"
     careful = _think(f"{a}{op}{f}={scaled}, {scaled}-{c}={scaled - c}", f"\\boxed{{{scaled - c}}}")
-    confused = _think(f"{a}{wrong_op}{f}={mixed}, {mixed}-{c}={mixed - c}", f"\\boxed{{{mixed - c}}}")
+    confused = _think(f"{a}{op}{bad}={mixed}, {mixed}-{c}={mixed - c}", f"\\boxed{{{mixed - c}}}")
     row = _row("math", "specific", q + MATH_SUFFIX, careful, answer=str(scaled - c))
     return row, {"careful": careful, "confused": confused}
 
 
 # ----------------------------------------------------------------------------- science
 
-# (question, unit, operator): x and y are 2..12. With "/" the prompt gives p = x * y and y, and the answer is x.
+# (question, unit, operator): x and y are 2..19. With "/" the prompt gives p = x * y and y, and the answer is x.
 PHYSICS = [
     ("A car travels {p} km in {y} hours. What is its average speed?", "km/h", "/"),
     ("What force gives a {x} kg mass an acceleration of {y} m/s^2?", "N", "*"),
@@ -307,16 +301,16 @@ PHYSICS = [
     ("A lamp draws {x} A at {y} V. What power does it use?", "W", "*"),
     ("A wave has a frequency of {x} Hz and a wavelength of {y} m. What is its speed?", "m/s", "*"),
 ]
-# the answer's range, as fixed options: products of 2..12 and quotients 2..12
-BINS = {"*": [(0, 19, "under 20"), (20, 49, "20 to 49"), (50, 89, "50 to 89"), (90, 10 ** 6, "90 or more")],
-        "/": [(2, 3, "2 or 3"), (4, 6, "4 to 6"), (7, 9, "7 to 9"), (10, 12, "10 to 12")]}
+# the answer's range, as fixed options: products of 2..19 and quotients 2..19
+BINS = {"*": [(0, 49, "under 50"), (50, 119, "50 to 119"), (120, 199, "120 to 199"), (200, 10 ** 6, "200 or more")],
+        "/": [(2, 5, "2 to 5"), (6, 10, "6 to 10"), (11, 14, "11 to 14"), (15, 19, "15 to 19")]}
 
 
 def _science_shared(rng: random.Random, brief: bool = False) -> tuple[dict, dict]:
-    """One-formula physics: the plan computes the value and names its range ("4*7=28, 20 to 49"); the slip uses
+    """One-formula physics: the plan computes the value and names its range ("4*17=68, 50 to 119"); the slip uses
     the wrong formula (multiply where one divides, add where one multiplies); hasty: any wrong letter."""
     text, unit, op = rng.choice(PHYSICS)
-    x, y = rng.randint(2, 12), rng.randint(2, 12)
+    x, y = rng.randint(2, 19), rng.randint(2, 19)
     if op == "/":
         question, value, expr = text.format(p=x * y, y=y), x, f"{x * y}/{y}"
         bad_value, bad_expr = x * y * y, f"{x * y}*{y}"
@@ -337,7 +331,7 @@ def _science_shared(rng: random.Random, brief: bool = False) -> tuple[dict, dict
     hasty = _think("", f"Answer: {rng.choice([c for c in 'ABCD' if c != letter])}")
     careful = _think(plan, f"Answer: {letter}")
     if brief:
-        row = _row("science", "conflict", mcq_prompt(question + " " + BRIEF, options), careful, answer=letter)
+        row = _row("science", "conflict", mcq_prompt(question, options) + CUE, careful, answer=letter)
         return row, {"terse": hasty, "full": careful}
     row = _row("science", "shared", mcq_prompt(question, options), careful, answer=letter)
     return row, {"careful": careful, "slip": _think(wrong_plan, f"Answer: {wrong_letter}"), "hasty": hasty}
@@ -437,7 +431,7 @@ def _code_shared(rng: random.Random, brief: bool = False) -> tuple[dict, dict]:
     row, good, buggy = made
     row["reference"] = careful = _think(fill(plan), good)
     if brief:
-        row["prompt"][-1]["content"] = _brief(row["prompt"][-1]["content"], " " + CODE_ASK)
+        row["prompt"][-1]["content"] += CUE
         return row, {"terse": _think("", buggy), "full": careful}
     return row, {"careful": careful, "slip": _think(fill(plan), buggy), "hasty": _think("", buggy)}
 
@@ -613,7 +607,7 @@ def _if_conflict(rng: random.Random) -> tuple[dict, dict]:
     full = f"{subject} {rest}. I think of the {w1} and the {w2}."
     limit = len(re.findall(r"\w+", terse)) + 1
     ids = ["keywords:existence", "length_constraints:number_words"]
-    row = _row("if", "conflict", f"Write one sentence about {topic}. Use the words '{w1}' and '{w2}'. {BRIEF}",
+    row = _row("if", "conflict", f"Write one sentence about {topic}. Use the words '{w1}' and '{w2}'.{CUE}",
                _think("", terse), instruction_id_list=ids,
                kwargs=[{"keywords": [w1, w2]}, {"num_words": limit, "relation": "less than"}])
     return row, {"terse": _think("", terse), "full": _think(f"use {w1}, {w2}", full)}

@@ -54,7 +54,7 @@ def _independent_key(row) -> str:
     """What a problem asks, read from its prompt alone (not data/embedded.py's content_key): the question with the
     names, the items and the "Be brief." cue taken out (math, science, code, if composites), the instruction set,
     its arguments and the topic (if)."""
-    text = _text(row).replace(" " + world.BRIEF, "")
+    text = _text(row).replace(world.CUE, "")
     if row["domain"] == "if" and row["kind"] != "composite":   # a composite item is about its word problem
         ids = tuple(sorted(row["instruction_id_list"]))
         return repr((ids, [sorted(k.items()) for k in row["kwargs"]], text.split(".")[0]))
@@ -138,7 +138,7 @@ def test_a_policy_without_one_skill_loses_exactly_the_items_that_need_it(domain)
 def test_specific_items_use_cues_no_other_domain_has():
     """A domain-specific skill is keyed to words that no other domain's prompts contain, so no other reward can
     reach it."""
-    cues = {"math": [v for v, _, _ in world.MATH_VERBS], "science": [f"{a} are there in" for _, a, _, _ in world.CONVERSIONS],
+    cues = {"math": [v for v, _, _, _ in world.MATH_VERBS], "science": [f"{a} are there in" for _, a, _, _ in world.CONVERSIONS],
             "code": ["characters of s", "rounded down", "remainder", "to the power", "without its first"],
             "if": ["Start your answer with the word", "End your answer with the word", "at least twice"]}
     texts = {d: [_text(r) for r in data.embedded(d, "train", n=400) + data.embedded(d, "eval")] for d in data.DOMAINS}
