@@ -235,3 +235,40 @@ def test_analyze_eval_sends_a_hub_id_to_the_loader(monkeypatch):
     with pytest.raises(analyze.UserError) as e:
         analyze.load_benchmarks(["aime=fakeorg/absent-aime"], ["math"], None, 0)
     assert "no file" not in str(e.value) and "not in the local HF cache" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- data/README.md's table
+
+def readme_benchmarks():
+    text = open(os.path.join(ROOT, "data", "README.md")).read()
+    table = text[text.index("## The paper's benchmarks and the blend"):].split("\n## ")[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_data_readme_lists_the_nine_benchmarks_and_the_blend():
+    assert len(readme_benchmarks()) == 10
+
+
+@pytest.mark.parametrize("line", readme_benchmarks(), ids=lambda line: line[0])
+def test_data_readme_specs(line):
+    """Each line's spec has the form it says, and its fixture (the source's real schema) loads as the line says:
+    the domains, and for LiveCodeBench the date window."""
+    benchmark, spec, _, domains, _, fixture = line
+    first = re.search(r"`([^`]+)`", spec)[1]
+    name, _, source = first.rpartition("=") if "=" in first and not first.startswith("--") else ("", "", first)
+    if source.startswith("--data "):
+        source = source.removeprefix("--data ")
+    path, config, split, _ = loaders.parse_spec(source)
+    if source.startswith("DIR"):
+        assert "DIR" in spec and "hf download" in spec or benchmark.startswith("Nemotron"), line
+    else:   # a Hub id: org/name[:config][@split]
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", path) and (config, split) == (
+            re.search(r":(\w+)", source)[1] if ":" in source else None, source.split("@")[1] if "@" in source else None)
+    rows = load(os.path.normpath(fixture.strip("`")))
+    want = set(re.findall(r"\b(math|code|science|if)\b", domains))
+    assert {r["domain"] for r in rows} == want, (line, rows)
+    if window := re.search(r"--since (\S+) --until ([\d-]+)", spec):
+        kept = data.date_window(rows, window[1], window[2])
+        assert kept and len(kept) < len(rows)
+        assert all(window[1] <= r["contest_date"][:10] < window[2] for r in kept)
