@@ -559,7 +559,8 @@ def convert_hle(record: dict, where: str, *, seed: int = 0) -> dict | None:
     answer = str(_field(record, where, "answer", kind=(str, int, float))).strip()
     row_id = str(record.get("id") or _row_id(question))
     if record.get("answer_type") == "multipleChoice":
-        return {"id": row_id, "domain": "science", "prompt": [{"role": "user", "content": f"{MCQ_INSTRUCTION}\n\n{question}"}],
+        content = f"{MCQ_INSTRUCTION}\n\n{question}"   # the question lists its choices ("Answer Choices: A. ...")
+        return {"id": row_id, "domain": "science", "prompt": [{"role": "user", "content": content}],
                 "answer": answer.upper(), "source": "hle"}
     return {"id": row_id, "domain": "math", "prompt": [{"role": "user", "content": question + MATH_SUFFIX}],
             "answer": answer, "source": "hle"}
