@@ -221,10 +221,13 @@ def eval_tables(table: dict, models: list[str]) -> tuple[str, str]:
     return md, buf.getvalue()
 
 
-def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None, seed: int) -> dict:
+def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None, seed: int,
+                    since: str | None = None, until: str | None = None) -> dict:
     """{benchmark name: rows}. "embedded" gives one benchmark per domain, "embedded/<domain>"; "humaneval" the
-    164 HumanEval problems in task order (when code is among `domains`); anything else is a row-schema file
-    (name=path or path, named after the file's stem). n_problems keeps the first n of each."""
+    164 HumanEval problems in task order (when code is among `domains`); anything else is any data spec that
+    train.py's --data takes (a file, a folder, dir@split, a Hub id, stream:...), as name=spec or spec (named
+    after its last part). since/until keep the rows dated in that window (LiveCodeBench's contest_date).
+    n_problems keeps the first n of each."""
     benches = {}
     for spec in specs:
         if spec == "embedded":
@@ -237,10 +240,14 @@ def load_benchmarks(specs: list[str], domains: list[str], n_problems: int | None
             continue
         name, sep, path = spec.partition("=")
         if not sep:
-            path, name = spec, Path(spec).stem
-        if not Path(path).exists():
+            path, name = spec, Path(spec.removeprefix("stream:").rstrip("/")).name.split(".")[0]
+        local = data.loaders.parse_spec(path)[0]
+        if looks_local(local) and not Path(local).exists():   # a Hub id, stream: or dir@split goes to data.load
             raise UserError(f"benchmark {name!r}: no file {path} (known sets: embedded, humaneval)")
-        rows = data.load(path, list(domains), "eval", seed=seed)
+        try:
+            rows = data.date_window(data.load(path, list(domains), "eval", seed=seed), since, until)
+        except (ValueError, FileNotFoundError) as e:   # the loaders' errors name the file, line and field
+            raise UserError(f"benchmark {name!r}: {e}") from None
         if not rows:
             raise UserError(f"benchmark {name!r}: {path} has no rows of domains {domains}")
         benches[name] = rows[:n_problems]
@@ -293,11 +300,17 @@ class EvalConfig:
     """Models: name=path, or a path / preset ("tiny") named after its last folder."""
     benchmarks: Names = field(default_factory=lambda: ["embedded"])
     """Eval sets: "embedded" (the eval split of every domain), "humaneval" (the 164 HumanEval problems, when
-    code is among --domains) and/or row-schema files as name=path."""
+    code is among --domains) and/or any data spec train.py --data takes (a file in the row schema or a
+    benchmark's own format, a folder, dir@split, a Hub id, stream:...; data/README.md), as name=spec or spec."""
     domains: Names = field(default_factory=lambda: list(data.DOMAINS))
     """Domains to keep (embedded sets made, file rows filtered)."""
     n_problems: int | None = 32
     """Problems per benchmark (the first n); None for all."""
+    since: str | None = None
+    """Keep only dated rows from this day on (YYYY-MM-DD; LiveCodeBench's contest_date, e.g. 2024-08-01 for v5).
+    Rows without a date (other benchmarks) are all kept."""
+    until: str | None = None
+    """Keep only dated rows before this day (YYYY-MM-DD; e.g. 2025-02-01 ends LiveCodeBench v5)."""
     problem_seed: int = 0
     """Which embedded problems make the n. Apart from --seed so that the models of every training seed meet
     the same problems, whose rewards `report` then averages over seeds."""
@@ -334,7 +347,7 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     import plots
     models = {n: check_model(n, p) for n, p in parse_named(cfg.models).items()}   # every path before any work
-    benches = load_benchmarks(cfg.benchmarks, cfg.domains, cfg.n_problems, cfg.problem_seed)
+    benches = load_benchmarks(cfg.benchmarks, cfg.domains, cfg.n_problems, cfg.problem_seed, cfg.since, cfg.until)
     if not benches:
         raise UserError(f"--benchmarks {' '.join(cfg.benchmarks)} give no problems of --domains "
                         f"{' '.join(cfg.domains)}")

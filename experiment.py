@@ -446,10 +446,22 @@ def check_finished(cfg: Config, stage: Stage, rc: int, seconds: float) -> None:
         record_merge_time(stage.outputs[0], seconds)
 
 
+def interpreter_argv(cmd: list[str]) -> list[str]:
+    """The argv that runs a stage: its `python` (or `torchrun`) with the interpreter this script was started
+    with, so that `venv/bin/python experiment.py` runs every stage in that venv without activating it. The
+    commands as printed and stamped keep `python`, as a user would type them."""
+    if cmd[0] == "python":
+        return [sys.executable, *cmd[1:]]
+    if cmd[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
+    return cmd
+
+
 def run_alone(cfg: Config, stage: Stage) -> int:
     """Run one stage with its output on the console and in its log; returns the exit code."""
     with open(log_path(cfg, stage), "wb") as log:
-        proc = subprocess.Popen(stage.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(interpreter_argv(stage.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
             for chunk in iter(lambda: proc.stdout.read1(4096), b""):
                 sys.stdout.buffer.write(chunk)
@@ -508,7 +520,8 @@ def run_stages(cfg: Config, stages: list[Stage]) -> dict[str, float]:
                 t0 = time.time()
                 if training:
                     log = open(log_path(cfg, s), "wb")
-                    proc = subprocess.Popen(s.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    proc = subprocess.Popen(interpreter_argv(s.cmd), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True,
                                             env=env if cfg.parallel > 1 else None)
                     bar = tqdm(total=s.train_steps, desc=s.name, unit="step", leave=False, dynamic_ncols=True,
                                position=1 + len(running))

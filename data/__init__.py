@@ -8,8 +8,9 @@
 """
 
 from data.embedded import KINDS, RL_KINDS_SPEC, content_key, embedded, humaneval_rows, parse_kinds, sft_examples
-from data.loaders import (CONVERTERS, DOMAINS, convert_aime, convert_gpqa, convert_ifeval, convert_livecodebench,
-                          convert_mmlu_redux, convert_nemotron, detect_format, load_file, read_jsonl, validate_row)
+from data.loaders import (CONVERTERS, DOMAINS, convert_aime, convert_gpqa, convert_hle, convert_ifeval,
+                          convert_livecodebench, convert_mmlu_redux, convert_nemotron, date_window, detect_format,
+                          load_file, read_jsonl, validate_row)
 from data.mix import batch_for_step, mix_weights, split_counts
 
 

@@ -8,17 +8,19 @@
 Every source is read with the `datasets` library (read_records), so the HF cache, HF_DATASETS_CACHE and offline
 mode (HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) apply as they do to any load_dataset call. A spec is:
   a file        .jsonl, .jsonl.gz, .json (a list), .csv, .parquet, .arrow
-  a directory   a dataset saved with save_to_disk (dir@split picks a split), or a folder of data files
+  a directory   a dataset saved with save_to_disk (dir@split picks a split), or a folder of data files (every
+                data file under it, each read as a file: a Hub snapshot's scripts and READMEs are ignored)
   a Hub id      org/name, org/name:config, org/name@split, org/name:config@split
   stream:SPEC   the same, streamed (IterableDataset: no Arrow copy in the cache; rows still end up in memory)
 Formats, detected from the keys of the first record (see `detect_format`):
   rows        the row schema itself (data/README.md)
   nemotron    Nemotron-3-Nano RL training blend: `dataset`, `responses_create_params.input`, ...
-  aime        problem/question + answer
+  hle         Humanity's Last Exam: question, answer, answer_type, image (rows with an image are skipped)
+  aime        problem/question + answer (or + solution, whose last \\boxed{} is the answer: math-ai/aime24)
   gpqa        Question, Correct Answer, Incorrect Answer 1..3 (the GPQA csv columns)
   ifeval      key, prompt, instruction_id_list, kwargs (IFEval; IFBench uses the same shape)
   livecodebench  question_content, public_test_cases, private_test_cases, metadata
-  mmlu_redux  question, choices, answer (an index)
+  mmlu_redux  question, choices, answer (an index), correct_answer where the annotators corrected it
 A source is used whole, whatever split it is loaded for; rows of domains not asked for are dropped. Errors name
 the file (or Hub id), the line (row for Arrow sources) and the field.
 """
@@ -77,6 +79,10 @@ def validate_row(row, where: str) -> dict:
     if domain in ("math", "science"):
         if not isinstance(row.get("answer"), str) or not row["answer"].strip():
             bad("answer", f"must be a non-empty string for a {domain} row")
+    answers = row.get("answers")
+    if answers is not None and not (domain == "math" and isinstance(answers, list) and answers
+                                    and all(isinstance(a, str) and a.strip() for a in answers)):
+        bad("answers", "must be a non-empty list of non-empty strings (math rows only: accepted forms of the answer)")
     if domain == "science" and (len(row["answer"]) != 1 or row["answer"] not in string.ascii_uppercase):
         bad("answer", f"must be one capital letter A-Z for a science row, got {row['answer']!r}")
     if domain == "code":
@@ -93,6 +99,8 @@ def validate_row(row, where: str) -> dict:
 def _validate_tests(tests, bad) -> None:
     if not isinstance(tests, dict) or tests.get("kind") not in ("stdio", "assert"):
         bad("tests", "must be {'kind': 'stdio', 'inputs', 'outputs'} or {'kind': 'assert', 'code', 'entry_point'}")
+    if tests.get("prelude") not in (None, "livecodebench"):
+        bad("tests", "'prelude' must be 'livecodebench' (the imports LiveCodeBench runs programs after) or absent")
     if tests["kind"] == "stdio":
         ins, outs = tests.get("inputs"), tests.get("outputs")
         if not (isinstance(ins, list) and isinstance(outs, list) and ins and len(ins) == len(outs)
@@ -150,7 +158,7 @@ def _one_split(ds, label: str, split: str | None):
     return ds[split]
 
 
-def read_records(spec: str) -> tuple[str, str, typing.Iterator[tuple[int, dict]]]:
+def read_records(spec: str, name: str | None = None) -> tuple[str, str, typing.Iterator[tuple[int, dict]]]:
     """(name, unit, records) of a data spec, read with `datasets` (so the HF cache and offline mode apply):
     records yields (number, record) lazily; errors name `name` and `unit` ("line" or "row") and the number.
       .jsonl, .jsonl.gz   the "text" builder, one JSON record per line (numbers are line numbers, blank lines
@@ -166,7 +174,7 @@ def read_records(spec: str) -> tuple[str, str, typing.Iterator[tuple[int, dict]]
     import datasets
 
     path, config, split, streaming = parse_spec(spec)
-    name = os.path.basename(path.rstrip("/")) or path
+    name = name or os.path.basename(path.rstrip("/")) or path
     load = functools.partial(datasets.load_dataset, streaming=streaming)
     if os.path.isfile(path) or path.endswith(JSON_FILES + tuple(ARROW_FILES)):
         if not os.path.isfile(path):
@@ -197,20 +205,54 @@ def read_records(spec: str) -> tuple[str, str, typing.Iterator[tuple[int, dict]]
         first = 2 if ext == ".csv" else 1
         return name, "line" if ext == ".csv" else "row", ((n, _drop_nulls(r)) for n, r in enumerate(table, first))
     if os.path.isdir(path):
-        saved = any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
-        ds = datasets.load_from_disk(path) if saved else load(path, name=config)
+        ds = datasets.load_from_disk(path) if _is_saved_dataset(path) else load(path, name=config)
         return name, "row", ((n, _drop_nulls(r)) for n, r in enumerate(_one_split(ds, path, split), 1))
     if os.path.exists(path) or path.count("/") != 1:
         raise ValueError(f"{path}: unsupported data; use a .jsonl, .jsonl.gz, .json, .csv, .parquet or .arrow "
                          "file, a dataset directory, or a Hub dataset id org/name[:config][@split]")
     try:
-        ds = load(path, name=config, split=split)
+        ds = load_dataset_as_text(path, config, split, streaming)
     except (ConnectionError, FileNotFoundError) as e:   # offline or unreachable: datasets raises ConnectionError
         raise FileNotFoundError(
             f"--data {spec}: not in the local HF cache and not loadable from the Hugging Face Hub ({e}). Offline "
             "(HF_DATASETS_OFFLINE=1 or HF_HUB_OFFLINE=1) only cached datasets load: load it once with network, or "
             "pass a local file or directory") from None
     return path, "row", ((n, _drop_nulls(r)) for n, r in enumerate(_one_split(ds, path, split), 1))
+
+
+def load_dataset_as_text(path: str, config: str | None, split: str | None, streaming: bool):
+    """datasets.load_dataset(path, name=config, split=split), with two fixes for Hub datasets as they are hosted:
+      - a csv dataset (GPQA's Hub id) is read with na_filter=False: pandas' default would turn the cells "None",
+        "NA" and "N/A" (real GPQA answers) into nulls, and the row would lose that answer;
+      - a repository that holds only a loading script (livecodebench/code_generation_lite) fails in datasets >= 4
+        with a RuntimeError; here it is one line saying to download its data files and pass the folder."""
+    import datasets
+    from datasets.packaged_modules.csv.csv import CsvConfig
+
+    try:
+        builder = datasets.load_dataset_builder(path, name=config)
+        extra = {"na_filter": False} if isinstance(builder.config, CsvConfig) else {}
+        return datasets.load_dataset(path, name=config, split=split, streaming=streaming, **extra)
+    except RuntimeError as e:
+        if "scripts are no longer supported" not in str(e):
+            raise
+        raise ValueError(f"{path} is a dataset-script repository, which datasets {datasets.__version__} no longer "
+                         f"runs; download its data files (hf download {path} --repo-type dataset --local-dir DIR) "
+                         "and pass DIR, or one of its .jsonl files") from None
+
+
+def data_files(folder: str) -> list[str]:
+    """Every data file under `folder` (sorted, recursively, hidden folders skipped): how a folder that is not a
+    saved dataset is read. A Hub snapshot's loading script and README are not data, so they do not count."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files) if f.endswith(JSON_FILES + tuple(ARROW_FILES))]
+    return found
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
 
 
 def _json_lines(lines, name: str) -> typing.Iterator[tuple[int, dict]]:
@@ -245,14 +287,33 @@ def detect_format(record: dict) -> str:
         return "ifeval"
     if {"question", "choices", "answer"} <= keys:
         return "mmlu_redux"
-    if keys & {"problem", "Problem", "question", "Question"} and keys & {"answer", "Answer"}:
+    if {"question", "answer", "answer_type"} <= keys:
+        return "hle"
+    if keys & {"problem", "Problem", "question", "Question"} and keys & {"answer", "Answer", "solution"}:
         return "aime"
-    raise ValueError(f"unknown record format with keys {sorted(keys)[:12]}; see data/README.md")
+    raise ValueError(f"unknown record format, keys found: {', '.join(sorted(map(str, keys))) or '(none)'}; "
+                     f"formats known: {KNOWN_FORMATS} (data/README.md)")
 
 
-def load_file(spec: str, domains: list[str], *, seed: int = 0) -> list[dict]:
-    """Rows of the requested domains from any data spec read_records takes (see the module docstring)."""
-    name, unit, records = read_records(spec)
+KNOWN_FORMATS = ("rows (domain, prompt), nemotron (responses_create_params), livecodebench (question_content), "
+                 "gpqa (Question, Correct Answer), ifeval (prompt, instruction_id_list, kwargs), "
+                 "mmlu_redux (question, choices, answer), hle (question, answer, answer_type), "
+                 "aime (problem or question, with answer or solution)")
+SKIPPED = {"hle": "HLE rows that need their image (this project is text-only)"}
+
+
+def load_file(spec: str, domains: list[str], *, seed: int = 0, name: str | None = None) -> list[dict]:
+    """Rows of the requested domains from any data spec read_records takes (see the module docstring). A folder
+    that is not a saved dataset is the rows of each of its data files (`data_files`), each read as a file."""
+    path, _, _, streaming = parse_spec(spec)
+    if os.path.isdir(path) and not _is_saved_dataset(path):
+        files = data_files(path)
+        if not files:
+            raise ValueError(f"{path}: no data files (.jsonl, .jsonl.gz, .json, .csv, .parquet, .arrow) in this folder")
+        prefix = "stream:" if streaming else ""
+        return [row for f in files for row in load_file(prefix + f, domains, seed=seed,
+                                                        name=os.path.relpath(f, os.path.dirname(path.rstrip("/"))))]
+    name, unit, records = read_records(spec, name)
     first = next(records, None)
     if first is None:
         raise ValueError(f"{name}: no records")
@@ -263,22 +324,30 @@ def load_file(spec: str, domains: list[str], *, seed: int = 0) -> list[dict]:
         raise ValueError(f"{name} {unit} {first[0]}: {e}") from None
     if fmt == "nemotron":
         return convert_nemotron(records, domains, name, unit)
-    rows, n_records = [], 0
+    rows, skipped = [], 0
     for n, record in records:
-        n_records += 1
         where = f"{name} {unit} {n}"
         if fmt == "rows":
             row = validate_row(record, where)
         else:
             row = CONVERTERS[fmt](record, where, seed=seed)
             if row is None:
+                skipped += 1
                 continue
         if row["domain"] in domains:
             rows.append(validate_row(row, where))
-    skipped = n_records - len(rows)
-    if fmt == "mmlu_redux" and skipped and "science" in domains:
-        warnings.warn(f"{name}: skipped {skipped} MMLU-Redux rows whose error_type is not 'ok'")
+    if skipped:
+        warnings.warn(f"{name}: skipped {skipped} {SKIPPED[fmt]}")
     return rows
+
+
+def date_window(rows: list[dict], since: str | None = None, until: str | None = None) -> list[dict]:
+    """The rows whose `contest_date` (LiveCodeBench's, kept by its converter) falls in [since, until), both
+    YYYY-MM-DD and optional: how LiveCodeBench's releases (v5: 2024-08-01 to 2025-02-01) are chosen. Rows
+    without a contest date (other benchmarks) are kept."""
+    def inside(day):
+        return (since is None or day >= since) and (until is None or day < until)
+    return [r for r in rows if "contest_date" not in r or inside(str(r["contest_date"])[:10])]
 
 
 def _field(record: dict, where: str, *names, kind=str):
@@ -309,16 +378,19 @@ def convert_nemotron(records: typing.Iterable[tuple[int, dict]], domains: list[s
     """Rows from the Nemotron-3-Nano RL blend (train.jsonl after its create_nanov3_jsonl.py has filled
     the math placeholders). Field layout per `dataset`:
       all        responses_create_params.input: the chat messages (a string is one user message)
-      math       expected_answer (a string or a JSON list whose first item is the answer)
-      science    expected_answer: the letter; the options are already in the prompt
+      math       expected_answer (a string, or a JSON list of accepted forms: Skywork's ["3", "x=3"] gives
+                 answer "3" and answers ["3", "x=3"], any of which scores)
+      science    expected_answer: the letter; the options are already in the prompt;
+                 template_metadata.output_regex (the answer format the row's template asks for) kept
       if         instruction_id_list, kwargs (IFEval ids; null kwargs and null values are dropped)
       code       verifier_metadata.unit_tests = {"inputs": [...], "outputs": [...]} (stdin/stdout)
-    Rows of other datasets are skipped and counted in a warning."""
+    A row without `dataset` (written by another prep script) gets its domain from the fields its verifier
+    reads (`_nemotron_domain`). Rows of other datasets are skipped and counted in a warning."""
     rows, skipped = [], {}
     for n, record in records:
         where = f"{name} {unit} {n}"
         dataset = record.get("dataset") if isinstance(record, dict) else None
-        domain = NEMOTRON_DOMAINS.get(dataset)
+        domain = _nemotron_domain(record)
         if domain is None:
             skipped[str(dataset)] = skipped.get(str(dataset), 0) + 1
             continue
@@ -327,13 +399,21 @@ def convert_nemotron(records: typing.Iterable[tuple[int, dict]], domains: list[s
         if "_hf_placeholder" in record and "responses_create_params" not in record:
             raise ValueError(f"{where}: {dataset} row is an unfilled placeholder (_hf_placeholder); run the "
                              "blend's create_nanov3_jsonl.py first to fetch its prompt and answer")
-        row = {"id": str(record.get("uuid") or record.get("id") or f"{name}:{n}"), "domain": domain,
+        # the competitive-coding rows carry no uuid, only a hash_id
+        row_id = next((record[k] for k in ("uuid", "hash_id", "id") if record.get(k) not in (None, "")), None)
+        row = {"id": str(row_id) if row_id is not None else f"{name}:{n}", "domain": domain,
                "prompt": _chat_messages(record, where),
-               "source": "nemotron/" + dataset.removeprefix("nano_v3_sft_profiled_")}
+               "source": "nemotron/" + (dataset.removeprefix("nano_v3_sft_profiled_") if dataset else domain)}
         if domain == "math":
-            row["answer"] = _math_answer(record.get("expected_answer"), where)
+            answers = _math_answers(record.get("expected_answer"), where)
+            row["answer"] = answers[0]
+            if len(answers) > 1:
+                row["answers"] = answers
         elif domain == "science":
             row["answer"] = str(_field(record, where, "expected_answer")).strip().upper()
+            regex = (record.get("template_metadata") or {}).get("output_regex")
+            if isinstance(regex, str) and regex:
+                row["output_regex"] = regex
         elif domain == "if":
             row["instruction_id_list"] = _field(record, where, "instruction_id_list", kind=list)
             row["kwargs"] = [{k: v for k, v in (kw or {}).items() if v is not None}
@@ -351,6 +431,26 @@ def convert_nemotron(records: typing.Iterable[tuple[int, dict]], domains: list[s
     return rows
 
 
+def _nemotron_domain(record) -> str | None:
+    """The domain of a blend row: from its `dataset`, or, for a row without one, from the fields that domain's
+    verifier reads (unit tests: code; instruction ids: if; options or an answer template: science; an
+    expected answer: math). None: a row no verifier here scores."""
+    if not isinstance(record, dict):
+        return None
+    if record.get("dataset") is not None:
+        return NEMOTRON_DOMAINS.get(record["dataset"])
+    if isinstance((record.get("verifier_metadata") or {}).get("unit_tests"), dict):
+        return "code"
+    if "instruction_id_list" in record:
+        return "if"
+    agent = str((record.get("agent_ref") or {}).get("name", ""))
+    if "options" in record or "template_metadata" in record or "mcqa" in agent:
+        return "science"
+    if record.get("expected_answer") is not None:
+        return "math"
+    return None
+
+
 def _chat_messages(record: dict, where: str) -> list[dict]:
     messages = (record.get("responses_create_params") or {}).get("input")
     if isinstance(messages, str):
@@ -366,26 +466,34 @@ def _chat_messages(record: dict, where: str) -> list[dict]:
     return out
 
 
-def _math_answer(raw, where: str) -> str:
+def _math_answers(raw, where: str) -> list[str]:
+    """The accepted forms of a math answer, first the main one: a string, or a list (a JSON list in a string)."""
     if isinstance(raw, str) and raw.strip().startswith("["):
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError:
             pass
-    if isinstance(raw, list):
-        raw = raw[0] if raw else None
-    if raw is None or not str(raw).strip():
+    forms = [str(a).strip() for a in (raw if isinstance(raw, list) else [raw]) if a is not None and str(a).strip()]
+    if not forms:
         raise ValueError(f"{where}: field 'expected_answer' must be a non-empty answer for a math row")
-    return str(raw).strip()
+    return list(dict.fromkeys(forms))
 
 
 # ----------------------------------------------------------------------------- eval benchmarks
 # One function each: (record, where, *, seed) -> row, or None to skip the record.
 
 def convert_aime(record: dict, where: str, *, seed: int = 0) -> dict:
-    """AIME (or any problem + answer set): {"problem"|"question", "answer"}."""
+    """AIME (or any problem + answer set): {"problem"|"question", "answer"}, or {"problem", "solution"} with the
+    answer only as the solution's last \\boxed{} (math-ai/aime24: id, problem, solution, url)."""
     problem = _field(record, where, "problem", "Problem", "question", "Question")
-    answer = str(_field(record, where, "answer", "Answer", kind=(str, int, float))).strip()
+    if any(record.get(k) is not None for k in ("answer", "Answer")):
+        answer = str(_field(record, where, "answer", "Answer", kind=(str, int, float))).strip()
+    else:
+        from verifiers.common import boxed_contents
+        boxes = boxed_contents(_field(record, where, "solution"))
+        if not boxes or not boxes[-1].strip():
+            raise ValueError(f"{where}: field 'solution' has no \\boxed{{}} answer (and there is no 'answer' field)")
+        answer = boxes[-1].strip()
     return {"id": str(record.get("id", record.get("ID", _row_id(problem)))), "domain": "math",
             "prompt": [{"role": "user", "content": problem.strip() + MATH_SUFFIX}],
             "answer": answer, "source": "aime"}
@@ -394,8 +502,9 @@ def convert_aime(record: dict, where: str, *, seed: int = 0) -> dict:
 def convert_gpqa(record: dict, where: str, *, seed: int = 0) -> dict:
     """GPQA (Diamond) csv row: the correct and three incorrect answers, shuffled by (seed, question)."""
     question = _field(record, where, "Question")
-    correct = _field(record, where, "Correct Answer").strip()
-    options = [correct] + [_field(record, where, f"Incorrect Answer {i}").strip() for i in (1, 2, 3)]
+    text = functools.partial(_field, record, where, kind=(str, int, float))   # a typed csv reader gives 3 for "3"
+    correct = str(text("Correct Answer")).strip()
+    options = [correct] + [str(text(f"Incorrect Answer {i}")).strip() for i in (1, 2, 3)]
     random.Random(f"{seed}-{question}").shuffle(options)
     return {"id": str(record.get("Record ID") or _row_id(question)), "domain": "science",
             "prompt": [{"role": "user", "content": mcq_prompt(question, options)}],
@@ -413,25 +522,56 @@ def convert_ifeval(record: dict, where: str, *, seed: int = 0) -> dict:
             "source": "ifeval"}
 
 
-def convert_mmlu_redux(record: dict, where: str, *, seed: int = 0) -> dict | None:
-    """MMLU-Redux: {"question", "choices", "answer": index, "error_type"}; rows whose error_type is not
-    'ok' (wrong or ambiguous ground truth, as the Redux annotators marked them) are skipped."""
-    if record.get("error_type", "ok") != "ok":
-        return None
+def _choice_index(answer, n: int):
+    """An answer given as an index (2, "2") or a letter ("C") -> its index, or None if it names no choice."""
+    text = str(answer).strip()
+    index = int(text) if text.isdigit() else string.ascii_uppercase.find(text) if len(text) == 1 else -1
+    return index if 0 <= index < n else None
+
+
+def convert_mmlu_redux(record: dict, where: str, *, seed: int = 0) -> dict:
+    """MMLU-Redux: {"question", "choices", "answer": index, "error_type", "correct_answer"}. Every question is
+    kept, with the annotators' `correct_answer` where they give one (a wrong ground truth they corrected), as
+    the Redux maintainers' own evaluation scores it."""
     question = _field(record, where, "question")
     choices = [str(c) for c in _field(record, where, "choices", kind=list)]
     answer = _field(record, where, "answer", kind=(int, str))
-    index = int(answer) if str(answer).isdigit() else string.ascii_uppercase.find(str(answer).strip())
-    if not 0 <= index < len(choices):
+    index = _choice_index(answer, len(choices))
+    if index is None:
         raise ValueError(f"{where}: field 'answer' must index one of the {len(choices)} choices, got {answer!r}")
+    corrected = record.get("correct_answer")
+    if corrected not in (None, "") and _choice_index(corrected, len(choices)) is not None:
+        index = _choice_index(corrected, len(choices))
     return {"id": str(record.get("id", _row_id(question, *choices))), "domain": "science",
             "prompt": [{"role": "user", "content": mcq_prompt(question, choices)}],
             "answer": string.ascii_uppercase[index], "source": "mmlu_redux"}
 
 
+def convert_hle(record: dict, where: str, *, seed: int = 0) -> dict | None:
+    """Humanity's Last Exam (cais/hle): {"id", "question", "image", "answer", "answer_type", ...}. Text-only:
+    a row whose `image` is set is skipped (the question needs it). answer_type "multipleChoice" becomes a
+    science row graded by its letter (the question lists the choices); "exactMatch" a math row graded by rule.
+    Deviation: HLE grades exact-match answers with a judge model (o3-mini) that accepts equivalent wording;
+    here they are graded by the math verifier's rules, so a right answer in other words scores 0."""
+    if record.get("image"):
+        return None
+    question = _field(record, where, "question").strip()
+    answer = str(_field(record, where, "answer", kind=(str, int, float))).strip()
+    row_id = str(record.get("id") or _row_id(question))
+    if record.get("answer_type") == "multipleChoice":
+        content = f"{MCQ_INSTRUCTION}\n\n{question}"   # the question lists its choices ("Answer Choices: A. ...")
+        return {"id": row_id, "domain": "science", "prompt": [{"role": "user", "content": content}],
+                "answer": answer.upper(), "source": "hle"}
+    return {"id": row_id, "domain": "math", "prompt": [{"role": "user", "content": question + MATH_SUFFIX}],
+            "answer": answer, "source": "hle"}
+
+
 def convert_livecodebench(record: dict, where: str, *, seed: int = 0) -> dict:
     """LiveCodeBench code generation: stdin problems become stdio tests; functional (LeetCode-style)
-    problems become an assert check calling Solution().<func_name>(*args) from the starter code."""
+    problems become an assert check calling Solution().<func_name>(*args) from the starter code, graded as
+    LiveCodeBench's own harness grades them: a tuple result is compared as a list, and the program runs after
+    LiveCodeBench's standard imports (tests["prelude"], verifiers/code.py), so `List` needs no import.
+    `contest_date` is kept, for choosing a release's date window (`date_window`, analyze.py eval --since)."""
     question = _field(record, where, "question_content")
     tests = _lcb_tests(record.get("public_test_cases"), where) + _lcb_tests(record.get("private_test_cases"), where)
     if not tests:
@@ -444,19 +584,25 @@ def convert_livecodebench(record: dict, where: str, *, seed: int = 0) -> dict:
         func = metadata.get("func_name")
         if not func:
             raise ValueError(f"{where}: field 'metadata' needs 'func_name' for functional tests")
-        lines = ["def check(candidate):", "    solution = candidate()"]
+        # One argument per input line, each JSON; the result compared with ==, a tuple first made a list.
+        lines = ["def check(candidate):", f"    method = getattr(candidate(), {func!r})",
+                 "    as_list = lambda x: list(x) if isinstance(x, tuple) else x"]
         for t in tests:
             args = [json.loads(a) for a in t["input"].split("\n") if a.strip()]
-            lines.append(f"    assert solution.{func}(*{args!r}) == {json.loads(t['output'])!r}")
-        code_tests = {"kind": "assert", "code": "\n".join(lines) + "\n", "entry_point": "Solution"}
-        ask = (f"Complete this starter code, with the imports it needs (e.g. from typing import List):\n"
-               f"```python\n{starter}\n```")
+            lines.append(f"    assert as_list(method(*{args!r})) == {json.loads(t['output'])!r}")
+        code_tests = {"kind": "assert", "code": "\n".join(lines) + "\n", "entry_point": "Solution",
+                      "prelude": "livecodebench"}
+        ask = f"Complete this starter code:\n```python\n{starter}\n```"
     else:
-        code_tests = {"kind": "stdio", "inputs": [t["input"] for t in tests], "outputs": [t["output"] for t in tests]}
+        code_tests = {"kind": "stdio", "inputs": [t["input"] for t in tests], "outputs": [t["output"] for t in tests],
+                      "prelude": "livecodebench"}
         ask = "Read the input from standard input and write the answer to standard output."
     content = f"{question.strip()}\n\n{ask}\nReply with the complete Python program in a ```python code block."
-    return {"id": row_id, "domain": "code", "prompt": [{"role": "user", "content": content}],
-            "tests": code_tests, "source": "livecodebench"}
+    row = {"id": row_id, "domain": "code", "prompt": [{"role": "user", "content": content}],
+           "tests": code_tests, "source": "livecodebench"}
+    if record.get("contest_date"):
+        row["contest_date"] = str(record["contest_date"])
+    return row
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -485,5 +631,5 @@ def _lcb_tests(raw, where: str) -> list[dict]:
     return raw
 
 
-CONVERTERS = {"aime": convert_aime, "gpqa": convert_gpqa, "ifeval": convert_ifeval,
+CONVERTERS = {"aime": convert_aime, "gpqa": convert_gpqa, "ifeval": convert_ifeval, "hle": convert_hle,
               "mmlu_redux": convert_mmlu_redux, "livecodebench": convert_livecodebench}

@@ -299,17 +299,17 @@ def test_ifeval():
     assert rows[1]["kwargs"] == [{"end_phrase": "Any other questions?"}]
 
 
-def test_mmlu_redux_maps_index_to_letter_and_skips_flagged_rows():
-    with pytest.warns(UserWarning, match="skipped 1 MMLU-Redux rows"):
-        rows = data.load(fixture("mmlu_redux.jsonl"), ["science"], "eval")
-    assert [r["answer"] for r in rows] == ["B", "C"]
+def test_mmlu_redux_maps_index_to_letter_and_keeps_flagged_rows_with_their_corrected_answer():
+    rows = data.load(fixture("mmlu_redux.jsonl"), ["science"], "eval")
+    assert [r["answer"] for r in rows] == ["B", "C", "A"]   # the third: wrong_groundtruth, correct_answer "A"
     assert "B. mitochondrion" in _text(rows[0])
 
 
 def test_livecodebench_stdin_and_functional():
     stdin_row, func_row = data.load(fixture("livecodebench.jsonl"), ["code"], "eval")
     # public + decoded private (base64, zlib, pickle of a JSON string) tests
-    assert stdin_row["tests"] == {"kind": "stdio", "inputs": ["1 2\n", "10 -3\n", "0 0\n"], "outputs": ["3\n", "7\n", "0\n"]}
+    assert stdin_row["tests"] == {"kind": "stdio", "inputs": ["1 2\n", "10 -3\n", "0 0\n"], "outputs": ["3\n", "7\n", "0\n"],
+                                  "prelude": "livecodebench"}
     assert func_row["tests"]["kind"] == "assert" and func_row["tests"]["entry_point"] == "Solution"
     good = ("from typing import List\nclass Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n"
             "        seen = {}\n        for i, x in enumerate(nums):\n            if target - x in seen:\n"

@@ -261,3 +261,30 @@ def test_cut_down_pipeline_end_to_end_then_resumes(tmp_path):
     # a second run finds everything done and runs nothing
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "(0 stages run, 15 skipped)" in r.stdout, r.stdout[-2000:]
+
+
+def test_stages_run_with_the_interpreter_experiment_py_was_started_with(tmp_path):
+    """`venv/bin/python experiment.py` without an activated venv: the `python` first on PATH here cannot import
+    tyro, so a stage started with it would fail at once. The first stage (train/math) must get past its imports
+    and stop at the model, which does not exist."""
+    venv_bin, path_bin = tmp_path / "venv" / "bin", tmp_path / "path"
+    venv_bin.mkdir(parents=True)
+    path_bin.mkdir()
+    (venv_bin / "python").symlink_to(sys.executable)
+    fake = path_bin / "python"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'tyro'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{path_bin}:/usr/bin:/bin"}
+    r = subprocess.run([str(venv_bin / "python"), "experiment.py", "--out", str(tmp_path / "out"), *SMALL,
+                        "--steps", "1", "--parallel", "1", "--model", str(tmp_path / "no-such-model")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "stage 'train/math' failed" in r.stderr and "no-such-model" in r.stderr, r.stderr[-2000:]
+    assert "No module named" not in r.stderr, r.stderr[-2000:]
+    assert "python train.py" in r.stdout + r.stderr   # the commands as printed still say python
+
+
+def test_interpreter_argv():
+    assert experiment.interpreter_argv(["python", "sft.py"]) == [sys.executable, "sft.py"]
+    assert experiment.interpreter_argv(["torchrun", "--standalone", "train.py"]) == \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "train.py"]

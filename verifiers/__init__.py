@@ -11,7 +11,7 @@ Each `verify(completion, row, *, think=True, grader="lenient") -> float` returns
 raises and prints nothing. think=True (the default, for reasoning models) requires a `<think>` block
 to be closed and grades only the text after the last `</think>`; pass think=False to grade the whole
 completion. grader="paper" follows the graders the paper trains with (DeepScaleR's boxed math answer,
-the GPQA "Answer: X" rule, pass-all on at most 20 tests, IFEvalG all-or-nothing, and no reward without
+the GPQA "Answer: X" rule (or a boxed letter), pass-all on at most 20 tests, IFEvalG all-or-nothing, and no reward without
 `</think>`); train.py and analyze.py use it by default, since the embedded world's completions have that
 form. grader="lenient" (this function's default) also reads unboxed answers and completions without a
 reasoning block, for models that were not trained to write them (a base model, another chat template).

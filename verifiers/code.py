@@ -10,6 +10,9 @@ whole text). Test kinds (row["tests"]["kind"]):
             by LiveCodeBench's rule (`outputs_match`: line by line after stripping, numbers compared
             as decimals, so "2.50" matches "2.5" and a leading space does not matter).
   "assert"  HumanEval style: one run of program + tests["code"] + "check(<entry_point>)".
+tests["prelude"] = "livecodebench" (LiveCodeBench rows, data/loaders.py) puts LiveCodeBench's standard
+imports before the program, as its harness does (PRELUDES): a solution that uses List, defaultdict or
+heapq without importing them runs there, so it runs here.
 Reward 1.0 only if every test passes; `score` also reports "passed" and "total". A run stopped by the
 wall clock or by the CPU-time limit gets the one verdict "timeout" (which of the two fires first on a
 busy loop is a race, so both read the same), and one stopped at the output-size limit "output limit";
@@ -424,10 +427,21 @@ def outputs_match(actual: str, expected: str) -> bool:
     return True
 
 
+# What LiveCodeBench's harness runs before every program (lcb_runner/evaluation/testing_util.py): star imports
+# of these standard modules, the modules themselves, and a recursion limit of 50000.
+_LCB_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
+                "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
+PRELUDES = {"livecodebench": "".join(f"from {m} import *\n" for m in _LCB_MODULES)
+            + "".join(f"import {m}\n" for m in _LCB_MODULES if m not in ("builtins", "typing"))
+            + "sys.setrecursionlimit(50000)\n"}
+
+
 def _tests_error(tests) -> str | None:
     """Why row["tests"] is malformed, or None."""
     if not isinstance(tests, dict):
         return "'tests' must be a dict"
+    if tests.get("prelude") is not None and tests["prelude"] not in PRELUDES:
+        return f"unknown tests prelude {tests['prelude']!r} (known: {', '.join(PRELUDES)})"
     if tests.get("kind") == "stdio":
         inputs, outputs = tests.get("inputs"), tests.get("outputs")
         if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs) \
@@ -492,6 +506,8 @@ def score(completion: str, row: dict, *, think: bool = True, grader: str = "leni
 
 
 def _run_tests(program: str, tests: dict, total: int, limits: dict) -> dict:
+    if tests.get("prelude"):
+        program = PRELUDES[tests["prelude"]] + "\n" + program
     if tests["kind"] == "assert":
         source = f"{program}\n\n{tests['code']}\n\ncheck({tests['entry_point']})\n"
         run = run_sandboxed(source, marker=True, **limits)

@@ -340,7 +340,18 @@ def symbolic_equal(gold: str, pred: str, *, timeout_s: float = 5.0) -> tuple[boo
 
 def score(completion: str, row: dict, *, think: bool = True, grader: str = "lenient",
           last_number: bool = True, timeout_s: float = 5.0) -> dict:
-    """{"reward", "error", "answer"}: reward 1.0 when the extracted answer equals row["answer"]."""
+    """{"reward", "error", "answer"}: reward 1.0 when the extracted answer equals row["answer"], or any of
+    row["answers"] when the row lists several accepted forms (Skywork's ["3", "x=3"], data/loaders.py)."""
+    answers = row.get("answers")
+    if isinstance(answers, list) and len(answers) > 1:
+        first = None
+        for a in answers:   # the first form that the answer equals; else the verdict on the main form
+            res = score(completion, {**row, "answer": a, "answers": None}, think=think, grader=grader,
+                        last_number=last_number, timeout_s=timeout_s)
+            if res["reward"] == 1.0:
+                return res
+            first = first or res
+        return first
     gold = row.get("answer")
     if not isinstance(gold, str) or not gold.strip():
         return result(0.0, f"row {row.get('id')!r}: 'answer' must be a non-empty string", answer=None)

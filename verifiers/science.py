@@ -13,8 +13,13 @@ the article "a" is never read as option A:
       3. a parenthesised letter "(C)" anywhere
       4. the last line: a lone letter ("C", "C.", "**C**") or an option as listed ("D) 12.8 m/s")
   paper  the GPQA rule the paper evaluates with: "Answer: X" (any case, "$X$", "(X)" and "**X**"
-      allowed); nothing else counts, so a completion without that line scores 0, and so does one
-      without `</think>` when think=True.
+      allowed), or, with no such line, a boxed letter "\\boxed{X}" (also "Answer: \\boxed{X}"), which
+      the paper authors' science reward (NeMo Gym's mcqa server, strict_single_letter_boxed) takes and
+      some of the blend's templates ask for; nothing else counts, so a completion without either scores
+      0, and so does one without `</think>` when think=True.
+A row that states its own answer format (row["output_regex"], the blend's template_metadata.output_regex,
+e.g. "Option Selected:\\s*([A-Za-z])") is graded by it under both graders: the letter of its last
+match decides (one letter, any case); with no match, the grader's usual forms apply.
 A completion that names two different letters scores 0 under both: in the deciding form ("Answer: A
 ... Answer: B", "(A) (B)"), or in one statement ("The answer is (D) or (B).", "Answer: A and C",
 "A/C"). Under RL a policy would otherwise learn to list several options.
@@ -32,6 +37,9 @@ Accepted and refused forms (reference C unless said), each one a test in tests/t
     | Answer: A and C                            | 0       | 0     | two letters                      |
     | (A) (B) (C) (D)                            | 0       | 0     | two letters                      |
     | a dog                                      | 0       | 0     | lowercase "a" is not option A    |
+    | Answer: \\boxed{C}                           | 1       | 1     | the paper authors' boxed letter  |
+    | \\boxed{C}                                   | 1       | 1     |                                  |
+    | Option Selected: C (row's output_regex)    | 1       | 1     | the row's own format             |
 """
 
 import re
@@ -63,12 +71,29 @@ def _statement_letters(pattern: re.Pattern, text: str) -> set[str] | None:
     return letters
 
 
+def row_format_choice(text: str, output_regex) -> str | None:
+    """The letter of the last match of a row's own answer regex (its group 1, else the whole match), or None
+    when there is no regex, it does not compile or nothing matches."""
+    if not isinstance(output_regex, str) or not output_regex:
+        return None
+    try:
+        matches = list(re.finditer(output_regex, text))
+    except re.error:
+        return None
+    if not matches:
+        return None
+    letter = (matches[-1].group(1) if matches[-1].re.groups else matches[-1].group(0)).strip()
+    return letter.upper() if len(letter) == 1 and letter.isalpha() else None
+
+
 def extract_choice(text: str, grader: str = "lenient") -> str | None:
     """The single capital letter the text commits to, or None if there is none or it is ambiguous."""
+    boxed = {m.group(1) for content in boxed_contents(text) if (m := _BOXED_LETTER.match(content))}
     if grader == "paper":
         letters = _statement_letters(_PAPER_STATEMENT, text)
+        if letters is not None and not letters:   # no "Answer: X" line: a boxed letter, as the authors' reward
+            letters = boxed
         return letters.pop() if letters and len(letters) == 1 else None
-    boxed = {m.group(1) for content in boxed_contents(text) if (m := _BOXED_LETTER.match(content))}
     statements = _statement_letters(_STATEMENT, text)
     if statements is None:
         return None
@@ -88,7 +113,7 @@ def score(completion: str, row: dict, *, think: bool = True, grader: str = "leni
     text, error = graded_text(completion, think, grader)
     if text is None:
         return result(0.0, error, choice=None)
-    choice = extract_choice(text, grader)
+    choice = row_format_choice(text, row.get("output_regex")) or extract_choice(text, grader)
     if choice is None:
         return result(0.0, "no single answer letter found", choice=None)
     return result(float(choice == gold.strip().upper()), choice=choice)
