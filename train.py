@@ -407,15 +407,64 @@ def masked_reduce(x, mask, norm: str, max_tokens: int):
     return (x * mask).sum() / max_tokens                    # constant (Dr.GRPO)
 
 
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log pi(target) with its gradient, LOGP_CHUNK positions at a time in both directions: forward keeps only
+    each position's log-normaliser (N,), and backward makes each chunk's logits again. So the peak is a few
+    (chunk, V) fp32 tensors, not the (B, T, V) logits, their fp32 copy, the scaled copy and the log-softmax that
+    autograd would keep: at 65,536 positions x 151,936 tokens those are about 40 GB each (issue 22). Also returns
+    the entropy at each position (no grad), which the same logits give. Written from the softmax's gradient:
+    d logp(y) / d logits = (onehot(y) - softmax) / temperature."""
+
+    @staticmethod
+    def forward(ctx, h, weight, t, temperature: float, chunk: int):   # (N, H), (V, H), (N,) -> (N,), (N,)
+        logp, log_z, entropy = (torch.empty(t.shape[0], device=h.device) for _ in range(3))
+        for i in range(0, h.shape[0], chunk):
+            logits = _chunk_logits(h[i: i + chunk], weight, temperature)            # (n, V) fp32
+            log_z[i: i + chunk] = torch.logsumexp(logits, dim=-1)
+            logits -= log_z[i: i + chunk, None]                                      # now the log-softmax
+            logp[i: i + chunk] = logits.gather(-1, t[i: i + chunk, None]).squeeze(-1)
+            entropy[i: i + chunk] = -(logits.exp().mul_(logits)).sum(-1)
+            del logits
+        ctx.save_for_backward(h, weight, t, log_z)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        h, weight, t, log_z = ctx.saved_tensors
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, device=weight.device) if ctx.needs_input_grad[1] else None   # fp32 sum
+        for i in range(0, h.shape[0], ctx.chunk):
+            g = grad_logp[i: i + ctx.chunk].float()                                  # (n,)
+            d = _chunk_logits(h[i: i + ctx.chunk], weight, ctx.temperature)          # (n, V) fp32
+            d.sub_(log_z[i: i + ctx.chunk, None]).exp_().mul_(-g[:, None])          # -g * softmax
+            d.scatter_add_(-1, t[i: i + ctx.chunk, None], g[:, None])                # + g * onehot(target)
+            d.div_(ctx.temperature)                                                  # d loss / d logits
+            if grad_h is not None:
+                grad_h[i: i + ctx.chunk] = d.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(d.T, h[i: i + ctx.chunk].float())
+            del d
+        return grad_h, grad_w.to(weight.dtype) if grad_w is not None else None, None, None, None
+
+
+def logprobs_with_grad(hidden, weight, targets, temperature: float = 1.0, chunk: int | None = None):
+    """token_logprobs with a gradient that is made in chunks too (_ChunkedLogprobs), and the entropy (no grad):
+    (B, T, H), (V, H), (B, T) -> (B, T), (B, T) fp32."""
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    logp, entropy = _ChunkedLogprobs.apply(h, weight, t, temperature, chunk or LOGP_CHUNK)
+    return logp.view(targets.shape), entropy.view(targets.shape)
+
+
 def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
                       ref_logp=None, is_weight=None):
     """Clipped surrogate (+ optional k3 KL), plain torch. Shapes: hidden (B, T, H), weight (V, H),
     targets/mask (B, T), adv (B,) per sequence or (B, T) per token, old_logp/ref_logp/is_weight (B, T).
-    old_logp=None means on-policy: the ratio is exactly 1 but its gradient is not.
+    old_logp=None means on-policy: the ratio is exactly 1 but its gradient is not. The log-probs and their
+    gradient are made LOGP_CHUNK positions at a time (logprobs_with_grad), never as (B, T, V) logits.
     Returns (loss numerator, stats numerators: clipped tokens, entropy, kl)."""
-    logits = (hidden @ weight.T).float() / cfg.temperature                # (B, T, V)
-    logp_all = torch.log_softmax(logits, dim=-1)                          # (B, T, V)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (B, T)
+    logp, entropy = logprobs_with_grad(hidden, weight, targets, cfg.temperature)   # (B, T) each
     old_logp = logp.detach() if old_logp is None else old_logp
     adv = adv.unsqueeze(1) if adv.dim() == 1 else adv                     # (B, 1) or (B, T)
     ratio = torch.exp(logp - old_logp)                                    # (B, T)
@@ -427,7 +476,6 @@ def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     per_tok = per_tok + cfg.kl_coef * kl
     with torch.no_grad():
         was_clipped = ((ratio < 1 - cfg.clip_low) & (adv < 0)) | ((ratio > 1 + cfg.clip_high) & (adv > 0))
-        entropy = -(logp_all.exp() * logp_all).sum(-1)                    # (B, T)
         stats = {"clip_frac": (was_clipped * mask).sum(), "entropy": (entropy * mask).sum(),
                  "kl": (kl.detach() * mask).sum()}
     return masked_reduce(per_tok, mask, cfg.loss_norm, cfg.max_new_tokens), stats
