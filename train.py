@@ -523,10 +523,19 @@ def pack(samples: list[dict], pad_id: int, device) -> tuple[torch.Tensor, ...]:
 
 
 def final_hidden(model, ids, attn):
-    """Last hidden states (after the final norm) and the output projection weight.
-    logits_to_keep=1 skips the full logits inside HF; the loss computes them (or Liger chunks them)."""
-    out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
-    return out.hidden_states[-1][:, :-1], model.lm_head.weight
+    """Last hidden states (the final norm's output, taken by a hook on it) and the output projection weight.
+    logits_to_keep=1 skips the full logits inside HF; the loss computes them (or Liger chunks them). Neither
+    output_hidden_states nor a KV cache: in the passes without grad (reference, teachers, old log-probs) they
+    would keep every layer's hidden states and keys/values until the forward returns, 37 x 2,560 x 2 B and
+    36 x 2 x 1,024 x 2 B per token for Qwen3-4B, about 22 GB at 65,536 tokens (issue 22); with grad,
+    autograd keeps what it needs anyway."""
+    out = {}
+    hook = model.model.norm.register_forward_hook(lambda module, args, h: out.__setitem__("h", h))
+    try:
+        model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return out["h"][:, :-1], model.lm_head.weight
 
 
 def frozen_logprobs(model, ids, attn, targets, temperature: float) -> torch.Tensor:

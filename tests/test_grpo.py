@@ -351,3 +351,25 @@ def test_chunked_loss_peak_memory_at_qwen3_vocabulary():
     full = 1024 * 151936 * 4 / 2**20   # MB of one (B, T, V) fp32 tensor
     assert x["finite"]
     assert x["peak_mb"] < full / 2, x
+
+
+def test_no_grad_passes_keep_no_hidden_states_and_no_kv_cache():
+    """The frozen-model and old-log-prob forwards return neither every layer's hidden states nor a KV cache (in
+    eval mode HF would build one from config.use_cache), and their hidden states are the final norm's output."""
+    net = model.load_model("tiny").eval()
+    assert net.config.use_cache   # so the pass must turn it off
+    outs = []
+    net.register_forward_hook(lambda m, a, out: outs.append(out))
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 10, 11, 12]])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        h, w = train.final_hidden(net, ids, attn)
+        lp = train.frozen_logprobs(net, ids, attn, ids[:, 1:], 1.0)
+        full = net(input_ids=ids, attention_mask=attn, output_hidden_states=True)
+    assert len(outs) == 3
+    for out in outs[:2]:
+        assert out.hidden_states is None and out.past_key_values is None
+    torch.testing.assert_close(h, full.hidden_states[-1][:, :-1])
+    torch.testing.assert_close(lp, torch.log_softmax(full.logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0],
+                               atol=1e-5, rtol=1e-5)
+    assert w is net.lm_head.weight
