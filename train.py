@@ -165,6 +165,10 @@ class Config:
     """Stop after this many non-finite steps in a row."""
     reward_workers: int = 4
     """Parallel workers for the verifiers (code runs in sandboxed subprocesses)."""
+    dist_timeout_min: float = 60.0
+    """How long a collective waits for the slowest rank before the job is killed (NCCL and gloo; torch's default is
+    10 minutes). Ranks finish long rollouts at different times, and on save steps rank 0 alone writes the whole
+    model while the others wait at the next collective."""
 
     def __post_init__(self):
         unknown = [d for d in self.domains if d not in data.DOMAINS]
@@ -245,6 +249,27 @@ from verifiers import verify_batch  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- distributed
+
+def init_distributed(cfg: Config) -> tuple[bool, int, int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; a plain `python train.py` on CPU is one unsharded process, on a GPU a
+    one-process group, so FSDP2's bf16 mixed precision applies there too. Every group waits
+    cfg.dist_timeout_min for a collective. Returns (distributed, rank, world, local_rank, device)."""
+    import datetime
+    distributed = "RANK" in os.environ or torch.cuda.is_available()
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:  # share the cores: else every rank starts one thread per core
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    timeout = datetime.timedelta(minutes=cfg.dist_timeout_min)
+    if "RANK" in os.environ:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    elif distributed:
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    return distributed, rank, world, local_rank, device
+
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
@@ -761,24 +786,31 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def resume_checkpoint(run_dir: str, device) -> str | None:
+    """The checkpoint every rank resumes from: rank 0's latest, broadcast, so all ranks start at the same step.
+    Every rank then reads it (the model and trainer_state.pt), so out_dir must be on a filesystem all nodes
+    share (README, "On one 8-GPU node"). On node-local disks rank 0 would find step N and the others nothing,
+    and the job would hang in the optimizer-state broadcast; here every rank stops with the same error instead."""
+    ckpt = modeling.latest_checkpoint(run_dir)
+    if not dist.is_initialized():
+        return ckpt
+    got = [ckpt]
+    dist.broadcast_object_list(got, src=0, device=device if device.type == "cuda" else None)
+    ckpt = got[0]
+    blind = ckpt is not None and not os.path.exists(os.path.join(ckpt, "trainer_state.pt"))
+    n_blind = int(all_sum(torch.tensor([float(blind)], device=device)).item())
+    if n_blind:
+        raise UserError(f"--resume: {n_blind} of {dist.get_world_size()} ranks cannot read {ckpt}, the checkpoint "
+                        f"rank 0 resumes from{' (this rank among them)' if blind else ''}: out_dir ({run_dir}) must "
+                        "be on a filesystem that every node shares")
+    return ckpt
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(cfg: Config) -> None:
     faulthandler.enable()   # a rank that dies in C code (e.g. a collective) still prints its Python stack
-    # --- dist init: torchrun sets RANK/WORLD_SIZE; a plain `python train.py` on CPU is one unsharded
-    # process, on a GPU a one-process group, so FSDP2's bf16 mixed precision applies there too
-    distributed = "RANK" in os.environ or torch.cuda.is_available()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in os.environ:  # share the cores: else every rank starts one thread per core
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    if "RANK" in os.environ:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    elif distributed:
-        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+    distributed, rank, world, local_rank, device = init_distributed(cfg)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     if cfg.prompts_per_step % world:
@@ -817,7 +849,7 @@ def main(cfg: Config) -> None:
         raise UserError(str(e)) from None
 
     # --- model: resume from the last checkpoint or start from cfg.model
-    ckpt = modeling.latest_checkpoint(run_dir) if cfg.resume else None
+    ckpt = resume_checkpoint(run_dir, device) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
     state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False) \
@@ -841,19 +873,16 @@ def main(cfg: Config) -> None:
                                             seed=cfg.seed + rank)
     else:   # HF backend: an unsharded copy of the weights, bf16 on GPU
         engine = copy.deepcopy(policy).to(device, torch.bfloat16 if device.type == "cuda" else None).eval()
-    ref_model = None
-    if cfg.kl_coef > 0:  # the reference is always the starting model, also after a resume
-        ref_model = modeling.load_model(cfg.model).to(device).eval().requires_grad_(False)
-    # MT-OPD teachers: loaded once, frozen, sharded like the student
-    teachers = {d: modeling.load_model(p).to(device).eval().requires_grad_(False)
+    # the KL reference (always the starting model, also after a resume) and the MT-OPD teachers: frozen, bf16 on
+    # a GPU, sharded like the student before they are moved (model.load_frozen)
+    ref_model = modeling.load_frozen(cfg.model, device, shard if distributed else None) if cfg.kl_coef > 0 else None
+    teachers = {d: modeling.load_frozen(p, device, shard if distributed else None)
                 for d, p in teacher_paths(cfg.teachers).items()}
     policy.to(device).train()
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(policy)
     if distributed:
         policy = shard(policy, device)
-        ref_model = shard(ref_model, device) if ref_model is not None else None
-        teachers = {d: shard(t, device) for d, t in teachers.items()}
     optimizer = torch.optim.AdamW(param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas)
     if ckpt:
         modeling.load_optimizer(policy, optimizer,
