@@ -151,12 +151,16 @@ class Config:
     """Rollout backend: HF generate on an unsharded copy of the weights, or one SGLang engine per GPU,
     colocated with the trainer (CUDA only; rollout_sglang.py, requirements-gpu.txt)."""
     sglang_mem_fraction: float = 0.5
-    """SGLang's share of each GPU's memory (its weights + KV cache) while it generates."""
+    """SGLang's share of each GPU's memory (its weights + KV cache) while it generates (paper presets: 0.7)."""
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in backward (less memory for long completions)."""
     liger: bool | None = None
     """Liger kernels: the fused linear GRPO loss (chunked, no full logits) and fused RMSNorm/SwiGLU/RoPE.
     None: on when CUDA and liger-kernel are present."""
+    liger_chunk_size: int = 1
+    """Sequences per chunk of Liger's fused loss (its chunk_size; Liger's default 1). Each chunk allocates a
+    weight-sized fp32 gradient of lm_head, so fewer chunks move less memory (paper presets: 64, one chunk per
+    micro-batch)."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Optional experiment tracker (metrics.jsonl is always written)."""
     log_samples: int = 4
@@ -190,10 +194,19 @@ class Config:
 # decoder layer keeps about 59k bf16 values per token (120 KB), 36 layers 4.3 MB, so the old micro-batch of
 # 8 x 8,448 tokens needed about 290 GB. With checkpointing a token keeps its 36 layer inputs (36 x 2,560 x 2 B =
 # 184 KB) plus the layer being recomputed and its gradients (about 180 KB): about 0.38 MB. A cap of 65,536 padded
-# tokens is then about 25 GB, the chunked log-prob passes 1.2 GB: about 43 GB in all.
+# tokens is then about 25 GB, the chunked log-prob passes 1.2 GB, Liger's chunk (below) 3.0 GB: about 46 GB in all.
+# sglang_mem_fraction 0.7 (issue 22; 0.5 before): during rollout the trainer keeps its fp32 weight and Adam shards,
+# 12 B x 4.02e9 / 8 = 6.0 GB (MT-OPD adds four bf16 teacher shards, 4 x 1.0 GB), the weight sync 1.3 GB and SGLang
+# its CUDA graphs and contexts, about 4 GB; 0.7 x 80 = 56 GB for SGLang's bf16 weights (8.0) and KV cache (48 GB at
+# 147 KB a token: 325,000 tokens, 38 of the 256 full-length 8,448-token sequences a GPU generates, against 25 at
+# 0.5). In all 6.0 + 56 + 4 + 1.3 = 67 GB, 71 GB with four teachers, of 80.
+# liger_chunk_size 64 = micro_batch (issue 22; Liger's default 1): Liger 0.8.5 makes each chunk's gradient through a
+# fresh fp32 (V, H) lm_head gradient, 151,936 x 2,560 x 4 B = 1.56 GB, then its bf16 copy (0.78 GB), so a chunk per
+# sequence zero-fills, casts and adds them 256 times a step. One chunk per micro-batch: a handful a step, and the
+# chunk's transients are that 2.3 GB plus its fp32 hidden-state gradient, 65,536 x 2,560 x 4 B = 0.67 GB: 3.0 GB.
 _PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
                 micro_batch=64, micro_batch_tokens=65_536, activation_checkpointing=True, save_every=50, steps=200,
-                loss_norm="sequence", grader="paper")
+                loss_norm="sequence", grader="paper", sglang_mem_fraction=0.7, liger_chunk_size=64)
 PRESETS = {
     "tiny": Config(),
     # The paper's GRPO settings for one expert (200 steps; 128 prompts x 16 rollouts); --model and --data must point
@@ -517,7 +530,8 @@ def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     loss_type = {"token": "bnpo", "sequence": "grpo", "constant": "dr_grpo"}[cfg.loss_norm]
     fn = LigerFusedLinearGRPOLoss(beta=cfg.kl_coef, compiled=hidden.is_cuda, use_ref_model=ref_logp is not None,
                                   epsilon_low=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=loss_type,
-                                  max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature)
+                                  max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  chunk_size=cfg.liger_chunk_size)
     loss, metrics = fn(hidden, weight, targets, mask, adv, ref_per_token_logps=ref_logp,
                        old_per_token_logps=old_logp, vllm_is_ratio=is_weight)
     n_tok = mask.sum().clamp(min=1)

@@ -119,3 +119,34 @@ def test_rank_zero_decides_the_resume_step(tmp_path):
         assert "filesystem that every node shares" in line
     assert "(this rank among them)" in local1 and "(this rank among them)" not in local0
     assert shared0 == shared1 == f"resume {shared}/checkpoints/step_4"
+
+
+@pytest.mark.parametrize("preset", ["paper", "paper-mixed", "paper-opd"])
+def test_paper_presets_give_sglang_the_idle_memory_and_liger_one_chunk_per_micro_batch(preset):
+    cfg = train.cli(["--preset", preset, "--domains", "math"])
+    assert cfg.sglang_mem_fraction == 0.7 and cfg.liger_chunk_size == cfg.micro_batch == 64
+    assert train.cli(["--domains", "math"]).liger_chunk_size == 1   # the CPU default is Liger's own
+
+
+def test_liger_chunk_size_reaches_the_loss_and_leaves_it_unchanged(monkeypatch):
+    chunked_loss = pytest.importorskip("liger_kernel.chunked_loss")
+    seen, real = [], chunked_loss.LigerFusedLinearGRPOLoss
+
+    def spy(*a, **kw):
+        seen.append(kw["chunk_size"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(chunked_loss, "LigerFusedLinearGRPOLoss", spy)
+    torch.manual_seed(0)
+    B, T, H, V = 4, 6, 8, 11
+    hidden, weight, targets = torch.randn(B, T, H), torch.randn(V, H) * 0.5, torch.randint(0, V, (B, T))
+    mask, adv = torch.ones(B, T), torch.tensor([1.0, -0.5, 0.3, -1.2])
+    out = []
+    for k in (1, 4):
+        c = train.Config(domains=("math",), liger_chunk_size=k, max_new_tokens=T, temperature=0.7)
+        h = hidden.clone().requires_grad_(True)
+        loss, _ = train.policy_loss_liger(h, weight, targets, mask, adv, None, c)
+        loss.backward()
+        out.append((loss.detach(), h.grad))
+    assert seen == [1, 4]
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
