@@ -500,9 +500,16 @@ def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     """Clipped surrogate (+ optional k3 KL), plain torch. Shapes: hidden (B, T, H), weight (V, H),
     targets/mask (B, T), adv (B,) per sequence or (B, T) per token, old_logp/ref_logp/is_weight (B, T).
     old_logp=None means on-policy: the ratio is exactly 1 but its gradient is not. The log-probs and their
-    gradient are made LOGP_CHUNK positions at a time (logprobs_with_grad), never as (B, T, V) logits.
+    gradient are made LOGP_CHUNK positions at a time (logprobs_with_grad), never as (B, T, V) logits, and only
+    where mask is not 0 (log-probs and entropy are 0 elsewhere).
     Returns (loss numerator, stats numerators: clipped tokens, entropy, kl)."""
-    logp, entropy = logprobs_with_grad(hidden, weight, targets, cfg.temperature)   # (B, T) each
+    # only the positions the loss counts (completion tokens): prompt and padding positions are skipped, and each
+    # row's gradient does not depend on how the batch was padded
+    keep = (mask != 0).reshape(-1).nonzero().squeeze(1)                              # (n,)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)                   # (n, H)
+    lp, ent = logprobs_with_grad(h, weight, targets.reshape(-1).index_select(0, keep), cfg.temperature)
+    logp = torch.zeros(mask.numel(), device=lp.device).index_put((keep,), lp).view(mask.shape)      # (B, T)
+    entropy = torch.zeros(mask.numel(), device=lp.device).index_put((keep,), ent).view(mask.shape)
     old_logp = logp.detach() if old_logp is None else old_logp
     adv = adv.unsqueeze(1) if adv.dim() == 1 else adv                     # (B, 1) or (B, T)
     ratio = torch.exp(logp - old_logp)                                    # (B, T)
