@@ -137,6 +137,19 @@ def load_model(name_or_path: str = "tiny", dtype=torch.float32, attn_implementat
         raise UserError(f"model {name_or_path!r}: {str(e).splitlines()[0]}") from None
 
 
+def load_frozen(name_or_path: str, device, shard=None):
+    """A frozen model (the KL reference, an MT-OPD teacher): eval, no grad, bf16 on a GPU (it is only read,
+    so it needs no fp32 master copy: half the bytes) and fp32 on a CPU. `shard(model, device)` (train.shard)
+    runs before the move, so the model never sits whole on the GPU: with fp32 whole copies moved and then
+    sharded, four Qwen3-4B teachers and the policy took about 75 GiB of every GPU at startup (issue 22);
+    FSDP2 moves each block's parameters to the device as it shards them."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    model = load_model(name_or_path, dtype=dtype).eval().requires_grad_(False)
+    if shard is not None:
+        model = shard(model, device)
+    return model.to(device)
+
+
 def _source(spec: str, what: str) -> tuple[str, dict]:
     """Where from_pretrained should read `spec`, and how, failing in one line before any work when it cannot:
     a local-looking spec (see cli.looks_local) must be a model folder and is never sent to the Hub; a Hub id

@@ -155,12 +155,16 @@ class Config:
     """Rollout backend: HF generate on an unsharded copy of the weights, or one SGLang engine per GPU,
     colocated with the trainer (CUDA only; rollout_sglang.py, requirements-gpu.txt)."""
     sglang_mem_fraction: float = 0.5
-    """SGLang's share of each GPU's memory (its weights + KV cache) while it generates."""
+    """SGLang's share of each GPU's memory (its weights + KV cache) while it generates (paper presets: 0.7)."""
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in backward (less memory for long completions)."""
     liger: bool | None = None
     """Liger kernels: the fused linear GRPO loss (chunked, no full logits) and fused RMSNorm/SwiGLU/RoPE.
     None: on when CUDA and liger-kernel are present."""
+    liger_chunk_size: int = 1
+    """Sequences per chunk of Liger's fused loss (its chunk_size; Liger's default 1). Each chunk allocates a
+    weight-sized fp32 gradient of lm_head, so fewer chunks move less memory (paper presets: 64, one chunk per
+    micro-batch)."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
     """Optional experiment tracker (metrics.jsonl is always written)."""
     log_samples: int = 4
@@ -169,6 +173,10 @@ class Config:
     """Stop after this many non-finite steps in a row."""
     reward_workers: int = 4
     """Parallel workers for the verifiers (code runs in sandboxed subprocesses)."""
+    dist_timeout_min: float = 60.0
+    """How long a collective waits for the slowest rank before the job is killed (NCCL and gloo; torch's default is
+    10 minutes). Ranks finish long rollouts at different times, and on save steps rank 0 alone writes the whole
+    model while the others wait at the next collective."""
 
     # Evaluation during training (the paper's Figure 2): held-out problems of every domain, not only the trained
     eval_every: int = 0
@@ -218,10 +226,19 @@ class Config:
 # decoder layer keeps about 59k bf16 values per token (120 KB), 36 layers 4.3 MB, so the old micro-batch of
 # 8 x 8,448 tokens needed about 290 GB. With checkpointing a token keeps its 36 layer inputs (36 x 2,560 x 2 B =
 # 184 KB) plus the layer being recomputed and its gradients (about 180 KB): about 0.38 MB. A cap of 65,536 padded
-# tokens is then about 25 GB, the chunked log-prob passes 1.2 GB: about 43 GB in all.
+# tokens is then about 25 GB, the chunked log-prob passes 1.2 GB, Liger's chunk (below) 3.0 GB: about 46 GB in all.
+# sglang_mem_fraction 0.7 (issue 22; 0.5 before): during rollout the trainer keeps its fp32 weight and Adam shards,
+# 12 B x 4.02e9 / 8 = 6.0 GB (MT-OPD adds four bf16 teacher shards, 4 x 1.0 GB), the weight sync 1.3 GB and SGLang
+# its CUDA graphs and contexts, about 4 GB; 0.7 x 80 = 56 GB for SGLang's bf16 weights (8.0) and KV cache (48 GB at
+# 147 KB a token: 325,000 tokens, 38 of the 256 full-length 8,448-token sequences a GPU generates, against 25 at
+# 0.5). In all 6.0 + 56 + 4 + 1.3 = 67 GB, 71 GB with four teachers, of 80.
+# liger_chunk_size 64 = micro_batch (issue 22; Liger's default 1): Liger 0.8.5 makes each chunk's gradient through a
+# fresh fp32 (V, H) lm_head gradient, 151,936 x 2,560 x 4 B = 1.56 GB, then its bf16 copy (0.78 GB), so a chunk per
+# sequence zero-fills, casts and adds them 256 times a step. One chunk per micro-batch: a handful a step, and the
+# chunk's transients are that 2.3 GB plus its fp32 hidden-state gradient, 65,536 x 2,560 x 4 B = 0.67 GB: 3.0 GB.
 _PAPER = Config(preset="paper", prompts_per_step=128, group_size=16, max_new_tokens=8192, lr=2e-6, weight_decay=0.1,
                 micro_batch=64, micro_batch_tokens=65_536, activation_checkpointing=True, save_every=50, steps=200,
-                loss_norm="sequence", grader="paper")
+                loss_norm="sequence", grader="paper", sglang_mem_fraction=0.7, liger_chunk_size=64)
 PRESETS = {
     "tiny": Config(),
     # The paper's GRPO settings for one expert (200 steps; 128 prompts x 16 rollouts); --model and --data must point
@@ -279,6 +296,27 @@ from verifiers import verify_batch  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- distributed
+
+def init_distributed(cfg: Config) -> tuple[bool, int, int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; a plain `python train.py` on CPU is one unsharded process, on a GPU a
+    one-process group, so FSDP2's bf16 mixed precision applies there too. Every group waits
+    cfg.dist_timeout_min for a collective. Returns (distributed, rank, world, local_rank, device)."""
+    import datetime
+    distributed = "RANK" in os.environ or torch.cuda.is_available()
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:  # share the cores: else every rank starts one thread per core
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    timeout = datetime.timedelta(minutes=cfg.dist_timeout_min)
+    if "RANK" in os.environ:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    elif distributed:
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    return distributed, rank, world, local_rank, device
+
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
@@ -442,15 +480,71 @@ def masked_reduce(x, mask, norm: str, max_tokens: int):
     return (x * mask).sum() / max_tokens                    # constant (Dr.GRPO)
 
 
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log pi(target) with its gradient, LOGP_CHUNK positions at a time in both directions: forward keeps only
+    each position's log-normaliser (N,), and backward makes each chunk's logits again. So the peak is a few
+    (chunk, V) fp32 tensors, not the (B, T, V) logits, their fp32 copy, the scaled copy and the log-softmax that
+    autograd would keep: at 65,536 positions x 151,936 tokens those are about 40 GB each (issue 22). Also returns
+    the entropy at each position (no grad), which the same logits give. Written from the softmax's gradient:
+    d logp(y) / d logits = (onehot(y) - softmax) / temperature."""
+
+    @staticmethod
+    def forward(ctx, h, weight, t, temperature: float, chunk: int):   # (N, H), (V, H), (N,) -> (N,), (N,)
+        logp, log_z, entropy = (torch.empty(t.shape[0], device=h.device) for _ in range(3))
+        for i in range(0, h.shape[0], chunk):
+            logits = _chunk_logits(h[i: i + chunk], weight, temperature)            # (n, V) fp32
+            log_z[i: i + chunk] = torch.logsumexp(logits, dim=-1)
+            logits -= log_z[i: i + chunk, None]                                      # now the log-softmax
+            logp[i: i + chunk] = logits.gather(-1, t[i: i + chunk, None]).squeeze(-1)
+            entropy[i: i + chunk] = -(logits.exp().mul_(logits)).sum(-1)
+            del logits
+        ctx.save_for_backward(h, weight, t, log_z)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        h, weight, t, log_z = ctx.saved_tensors
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, device=weight.device) if ctx.needs_input_grad[1] else None   # fp32 sum
+        for i in range(0, h.shape[0], ctx.chunk):
+            g = grad_logp[i: i + ctx.chunk].float()                                  # (n,)
+            d = _chunk_logits(h[i: i + ctx.chunk], weight, ctx.temperature)          # (n, V) fp32
+            d.sub_(log_z[i: i + ctx.chunk, None]).exp_().mul_(-g[:, None])          # -g * softmax
+            d.scatter_add_(-1, t[i: i + ctx.chunk, None], g[:, None])                # + g * onehot(target)
+            d.div_(ctx.temperature)                                                  # d loss / d logits
+            if grad_h is not None:
+                grad_h[i: i + ctx.chunk] = d.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(d.T, h[i: i + ctx.chunk].float())
+            del d
+        return grad_h, grad_w.to(weight.dtype) if grad_w is not None else None, None, None, None
+
+
+def logprobs_with_grad(hidden, weight, targets, temperature: float = 1.0, chunk: int | None = None):
+    """token_logprobs with a gradient that is made in chunks too (_ChunkedLogprobs), and the entropy (no grad):
+    (B, T, H), (V, H), (B, T) -> (B, T), (B, T) fp32."""
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    logp, entropy = _ChunkedLogprobs.apply(h, weight, t, temperature, chunk or LOGP_CHUNK)
+    return logp.view(targets.shape), entropy.view(targets.shape)
+
+
 def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
                       ref_logp=None, is_weight=None):
     """Clipped surrogate (+ optional k3 KL), plain torch. Shapes: hidden (B, T, H), weight (V, H),
     targets/mask (B, T), adv (B,) per sequence or (B, T) per token, old_logp/ref_logp/is_weight (B, T).
-    old_logp=None means on-policy: the ratio is exactly 1 but its gradient is not.
+    old_logp=None means on-policy: the ratio is exactly 1 but its gradient is not. The log-probs and their
+    gradient are made LOGP_CHUNK positions at a time (logprobs_with_grad), never as (B, T, V) logits, and only
+    where mask is not 0 (log-probs and entropy are 0 elsewhere).
     Returns (loss numerator, stats numerators: clipped tokens, entropy, kl)."""
-    logits = (hidden @ weight.T).float() / cfg.temperature                # (B, T, V)
-    logp_all = torch.log_softmax(logits, dim=-1)                          # (B, T, V)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (B, T)
+    # only the positions the loss counts (completion tokens): prompt and padding positions are skipped, and each
+    # row's gradient does not depend on how the batch was padded
+    keep = (mask != 0).reshape(-1).nonzero().squeeze(1)                              # (n,)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)                   # (n, H)
+    lp, ent = logprobs_with_grad(h, weight, targets.reshape(-1).index_select(0, keep), cfg.temperature)
+    logp = torch.zeros(mask.numel(), device=lp.device).index_put((keep,), lp).view(mask.shape)      # (B, T)
+    entropy = torch.zeros(mask.numel(), device=lp.device).index_put((keep,), ent).view(mask.shape)
     old_logp = logp.detach() if old_logp is None else old_logp
     adv = adv.unsqueeze(1) if adv.dim() == 1 else adv                     # (B, 1) or (B, T)
     ratio = torch.exp(logp - old_logp)                                    # (B, T)
@@ -462,7 +556,6 @@ def policy_loss_torch(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     per_tok = per_tok + cfg.kl_coef * kl
     with torch.no_grad():
         was_clipped = ((ratio < 1 - cfg.clip_low) & (adv < 0)) | ((ratio > 1 + cfg.clip_high) & (adv > 0))
-        entropy = -(logp_all.exp() * logp_all).sum(-1)                    # (B, T)
         stats = {"clip_frac": (was_clipped * mask).sum(), "entropy": (entropy * mask).sum(),
                  "kl": (kl.detach() * mask).sum()}
     return masked_reduce(per_tok, mask, cfg.loss_norm, cfg.max_new_tokens), stats
@@ -479,7 +572,8 @@ def policy_loss_liger(hidden, weight, targets, mask, adv, old_logp, cfg: Config,
     loss_type = {"token": "bnpo", "sequence": "grpo", "constant": "dr_grpo"}[cfg.loss_norm]
     fn = LigerFusedLinearGRPOLoss(beta=cfg.kl_coef, compiled=hidden.is_cuda, use_ref_model=ref_logp is not None,
                                   epsilon_low=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=loss_type,
-                                  max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature)
+                                  max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  chunk_size=cfg.liger_chunk_size)
     loss, metrics = fn(hidden, weight, targets, mask, adv, ref_per_token_logps=ref_logp,
                        old_per_token_logps=old_logp, vllm_is_ratio=is_weight)
     n_tok = mask.sum().clamp(min=1)
@@ -510,10 +604,19 @@ def pack(samples: list[dict], pad_id: int, device) -> tuple[torch.Tensor, ...]:
 
 
 def final_hidden(model, ids, attn):
-    """Last hidden states (after the final norm) and the output projection weight.
-    logits_to_keep=1 skips the full logits inside HF; the loss computes them (or Liger chunks them)."""
-    out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
-    return out.hidden_states[-1][:, :-1], model.lm_head.weight
+    """Last hidden states (the final norm's output, taken by a hook on it) and the output projection weight.
+    logits_to_keep=1 skips the full logits inside HF; the loss computes them (or Liger chunks them). Neither
+    output_hidden_states nor a KV cache: in the passes without grad (reference, teachers, old log-probs) they
+    would keep every layer's hidden states and keys/values until the forward returns, 37 x 2,560 x 2 B and
+    36 x 2 x 1,024 x 2 B per token for Qwen3-4B, about 22 GB at 65,536 tokens (issue 22); with grad,
+    autograd keeps what it needs anyway."""
+    out = {}
+    hook = model.model.norm.register_forward_hook(lambda module, args, h: out.__setitem__("h", h))
+    try:
+        model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return out["h"][:, :-1], model.lm_head.weight
 
 
 def frozen_logprobs(model, ids, attn, targets, temperature: float) -> torch.Tensor:
@@ -808,24 +911,31 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def resume_checkpoint(run_dir: str, device) -> str | None:
+    """The checkpoint every rank resumes from: rank 0's latest, broadcast, so all ranks start at the same step.
+    Every rank then reads it (the model and trainer_state.pt), so out_dir must be on a filesystem all nodes
+    share (README, "On one 8-GPU node"). On node-local disks rank 0 would find step N and the others nothing,
+    and the job would hang in the optimizer-state broadcast; here every rank stops with the same error instead."""
+    ckpt = modeling.latest_checkpoint(run_dir)
+    if not dist.is_initialized():
+        return ckpt
+    got = [ckpt]
+    dist.broadcast_object_list(got, src=0, device=device if device.type == "cuda" else None)
+    ckpt = got[0]
+    blind = ckpt is not None and not os.path.exists(os.path.join(ckpt, "trainer_state.pt"))
+    n_blind = int(all_sum(torch.tensor([float(blind)], device=device)).item())
+    if n_blind:
+        raise UserError(f"--resume: {n_blind} of {dist.get_world_size()} ranks cannot read {ckpt}, the checkpoint "
+                        f"rank 0 resumes from{' (this rank among them)' if blind else ''}: out_dir ({run_dir}) must "
+                        "be on a filesystem that every node shares")
+    return ckpt
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(cfg: Config) -> None:
     faulthandler.enable()   # a rank that dies in C code (e.g. a collective) still prints its Python stack
-    # --- dist init: torchrun sets RANK/WORLD_SIZE; a plain `python train.py` on CPU is one unsharded
-    # process, on a GPU a one-process group, so FSDP2's bf16 mixed precision applies there too
-    distributed = "RANK" in os.environ or torch.cuda.is_available()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in os.environ:  # share the cores: else every rank starts one thread per core
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    if "RANK" in os.environ:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    elif distributed:
-        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+    distributed, rank, world, local_rank, device = init_distributed(cfg)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     if cfg.prompts_per_step % world:
@@ -865,7 +975,7 @@ def main(cfg: Config) -> None:
         raise UserError(str(e)) from None
 
     # --- model: resume from the last checkpoint or start from cfg.model
-    ckpt = modeling.latest_checkpoint(run_dir) if cfg.resume else None
+    ckpt = resume_checkpoint(run_dir, device) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
     state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False) \
@@ -889,19 +999,16 @@ def main(cfg: Config) -> None:
                                             seed=cfg.seed + rank)
     else:   # HF backend: an unsharded copy of the weights, bf16 on GPU
         engine = copy.deepcopy(policy).to(device, torch.bfloat16 if device.type == "cuda" else None).eval()
-    ref_model = None
-    if cfg.kl_coef > 0:  # the reference is always the starting model, also after a resume
-        ref_model = modeling.load_model(cfg.model).to(device).eval().requires_grad_(False)
-    # MT-OPD teachers: loaded once, frozen, sharded like the student
-    teachers = {d: modeling.load_model(p).to(device).eval().requires_grad_(False)
+    # the KL reference (always the starting model, also after a resume) and the MT-OPD teachers: frozen, bf16 on
+    # a GPU, sharded like the student before they are moved (model.load_frozen)
+    ref_model = modeling.load_frozen(cfg.model, device, shard if distributed else None) if cfg.kl_coef > 0 else None
+    teachers = {d: modeling.load_frozen(p, device, shard if distributed else None)
                 for d, p in teacher_paths(cfg.teachers).items()}
     policy.to(device).train()
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(policy)
     if distributed:
         policy = shard(policy, device)
-        ref_model = shard(ref_model, device) if ref_model is not None else None
-        teachers = {d: shard(t, device) for d, t in teachers.items()}
     optimizer = torch.optim.AdamW(param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas)
     if ckpt:
         modeling.load_optimizer(policy, optimizer,

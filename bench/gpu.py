@@ -12,7 +12,8 @@ train.py does them (rollout_sglang.sync_weights / generate / release; train.sync
 train.train_on with random advantages, grad clip, AdamW). Every phase ends on a barrier, so its time is
 the slowest GPU's. Printed (and written as JSON with --out):
   rollout tok/s    completion tokens of all GPUs / generate seconds. For SGLang, also the same engine
-                   standalone (before the trainer exists, all its memory resumed) and the ratio (goal >= 0.9).
+                   standalone (before the trainer is sharded and has gradients or optimizer state, after the
+                   policy's weights were pushed into it) and the ratio (goal >= 0.9).
   train tok/s      prompt + completion tokens trained on / train seconds.
   MFU              training FLOPs / (train seconds x GPUs x --peak-tflops). FLOPs per sequence of L tokens:
                    6 x N x L (N: parameters used in matmuls, lm_head included, embedding lookup not)
@@ -30,7 +31,9 @@ import copy
 import json
 import math
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -92,6 +95,9 @@ class Config:
     """Seeds the weights and the prompts."""
     out: str = ""
     """Also write the figures to this JSON file."""
+    preflight: bool = False
+    """Instead of the benchmark, check in a few minutes what a first real run depends on (see `preflight`), one
+    line each, on the shipped tiny model; exit 1 on the first failure, which names what to fix."""
 
 
 # ----------------------------------------------------------------------------- model and figures
@@ -190,10 +196,13 @@ def hf_generate(engine, prompt_ids: list[list[int]], *, n: int, max_new_tokens: 
     return samples
 
 
-def standalone_rollout(engine, prompts, cfg: Config, eos: int) -> tuple[float, float]:
-    """The same SGLang engine alone on the GPU: all memory resumed, no trainer. (tokens, seconds)."""
+def standalone_rollout(policy, engine, prompts, cfg: Config, eos: int) -> tuple[float, float]:
+    """The same SGLang engine before the trainer is built (the policy on the GPU unsharded, no gradients or
+    optimizer state), generating from the policy's weights, pushed as in training: the engine was created with
+    dummy weights and released, and released memory comes back with undefined contents. (tokens, seconds)."""
     import rollout_sglang as rs
-    engine.resume_memory_occupation(tags=list(rs.MEMORY_TAGS))
+    rs.sync_weights(policy, engine, bucket_bytes=cfg.bucket_mb << 20, dtype=torch.bfloat16,
+                    mem_get_info=torch.cuda.mem_get_info)
     kw = dict(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=1.0, stop_ids=[eos])
     rs.generate(engine, prompts[:2], **{**kw, "max_new_tokens": 8})   # warm-up
     _barrier()
@@ -225,6 +234,9 @@ def main(cfg: Config) -> dict:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    # A first collective builds the NCCL communicator now, before make_engine: SGLang's engine changes NCCL's
+    # environment variables in this process, and train.py's run-folder barrier comes before its engine too.
+    _barrier()
     print0 = print if rank == 0 else (lambda *a, **k: None)
 
     # --- model: Liger patches the HF Qwen3 classes, so it goes first
@@ -249,7 +261,8 @@ def main(cfg: Config) -> dict:
     standalone = None
     if cfg.rollout == "sglang":
         engine = rs.make_engine(policy, local_rank=local_rank, mem_fraction=cfg.mem_fraction, seed=cfg.seed + rank)
-        tokens, seconds = standalone_rollout(engine, prompts, cfg, eos)
+        policy.to(device)
+        tokens, seconds = standalone_rollout(policy, engine, prompts, cfg, eos)
         standalone = all_sum(tokens, device) / seconds
     else:
         engine = copy.deepcopy(policy).to(device).eval()
@@ -348,8 +361,261 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- preflight
+
+# The engine's log-probs of its own completion against the trainer's, both bf16 with different kernels (SGLang's
+# attention and sampler against HF sdpa/FA2 under FSDP2): per token, in nats. A wrong or missing weight push gives
+# differences of whole nats; bf16 rounding gives hundredths.
+LOGP_MEAN_TOL, LOGP_MAX_TOL = 0.05, 0.5
+LOSS_RTOL = 0.01   # Liger's fused loss against the plain-torch one: the same bf16 logits, summed in other orders
+
+
+def cuda_compat(driver_cuda: int, torch_cuda: str | None) -> tuple[bool, str]:
+    """Whether the driver runs the CUDA torch was built for. driver_cuda: the newest CUDA the driver supports,
+    as cudaDriverGetVersion gives it (13000 = 13.0); torch_cuda: torch.version.cuda ("13.0"). CUDA's minor
+    version compatibility lets a driver run any toolkit of its own major version, so the majors decide (sglang
+    0.5.23's torch 2.14.1 is a CUDA 13 build: a 13.x driver, NVIDIA 580 or newer)."""
+    if torch_cuda is None:
+        return False, f"torch {torch.__version__} is a CPU build"
+    major, minor = divmod(driver_cuda, 1000)
+    have, need = f"{major}.{minor // 10}", int(torch_cuda.split(".")[0])
+    ok = major >= need
+    return ok, f"driver supports CUDA {have}, torch {torch.__version__} is built for CUDA {torch_cuda}" + \
+        ("" if ok else f": needs a driver for CUDA {need}.x" + (" (NVIDIA 580 or newer)" if need == 13 else ""))
+
+
+def logprob_agreement(engine: list[float], trainer: list[float], mean_tol: float = LOGP_MEAN_TOL,
+                      max_tol: float = LOGP_MAX_TOL) -> tuple[bool, str]:
+    """Per-token |engine - trainer| log-probs of the same tokens: the mean within mean_tol and the largest within
+    max_tol (nats)."""
+    if len(engine) != len(trainer) or not engine:
+        return False, f"{len(engine)} engine log-probs against {len(trainer)} of the trainer"
+    diff = [abs(a - b) for a, b in zip(engine, trainer)]
+    mean, worst = sum(diff) / len(diff), max(diff)
+    ok = math.isfinite(mean) and mean <= mean_tol and worst <= max_tol
+    return ok, (f"{len(diff)} tokens, mean |engine - trainer| {mean:.4f} nats (tolerance {mean_tol}), "
+                f"largest {worst:.4f} (tolerance {max_tol})")
+
+
+def loss_agreement(liger: float, plain: float, rtol: float = LOSS_RTOL) -> tuple[bool, str]:
+    ok = math.isfinite(liger) and math.isfinite(plain) and abs(liger - plain) <= rtol * max(abs(plain), 1e-6)
+    return ok, f"loss Liger {liger:.6f}, plain torch {plain:.6f} (relative tolerance {rtol})"
+
+
+def run_checks(checks: list[tuple], agree=lambda ok: ok, emit=print) -> list[dict]:
+    """checks: (name, fn, fix, needs) in order. fn() returns (ok, detail); an exception is a failure whose
+    detail is the exception. `agree(ok)` makes the verdict the same on every rank (a check passes only where it
+    passed on all); a check is skipped when one it needs did not pass. Each result is emitted as one line."""
+    results, passed = [], set()
+    for name, fn, fix, needs in checks:
+        missing = [n for n in needs if n not in passed]
+        if missing:
+            r = {"name": name, "status": "SKIP", "detail": f"needs {', '.join(missing)}", "fix": ""}
+        else:
+            try:
+                ok, detail = fn()
+            except Exception as e:   # noqa: BLE001  a check that breaks is a failed check, with its reason
+                ok, detail = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            ok = agree(bool(ok))
+            r = {"name": name, "status": "PASS" if ok else "FAIL", "detail": detail, "fix": "" if ok else fix}
+            if ok:
+                passed.add(name)
+        results.append(r)
+        emit(report_line(r))
+    return results
+
+
+def report_line(r: dict) -> str:
+    """`PASS  nccl: ...`, `FAIL  sglang engine: ... -> fix: ...`, `SKIP  weights and log-probs: needs ...`."""
+    return f"{r['status']}  {r['name']}: {r['detail']}" + (f" -> fix: {r['fix']}" if r["fix"] else "")
+
+
+def summary(results: list[dict]) -> tuple[str, int]:
+    """The last line and the exit status: 0 when every check passed, else 1, naming the first failure."""
+    failed = [r for r in results if r["status"] == "FAIL"]
+    n_pass = sum(r["status"] == "PASS" for r in results)
+    if not failed:
+        return f"preflight: all {n_pass} checks passed", 0
+    return (f"preflight: {n_pass} of {len(results)} checks passed; first failure: {failed[0]['name']} -> fix: "
+            f"{failed[0]['fix']}"), 1
+
+
+def preflight(cfg: Config) -> int:
+    """What a first real run depends on, on every rank, one line each (rank 0 prints; a check passes where it
+    passed on all ranks): the driver against torch's CUDA; an NCCL all-reduce; one SGLang engine per rank on the
+    shipped tiny model; the trainer's weights pushed into it and its log-probs of its own completion against the
+    trainer's (LOGP_MEAN_TOL, LOGP_MAX_TOL); release of its memory, the memory freed printed; one FSDP2 step
+    with Liger's loss and the plain-torch one equal (LOSS_RTOL); activation checkpointing recomputing each
+    decoder layer in backward. Returns the exit status."""
+    if not torch.cuda.is_available():
+        print(f"FAIL  cuda: torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda}); "
+              "run the preflight on a GPU node")
+        return 1
+    import model as modeling
+    import rollout_sglang as rs
+    import train
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}")
+    emit = print if rank == 0 else (lambda *a, **k: None)
+    st = {}   # what the checks hand on to each other
+
+    def agree(ok: bool) -> bool:
+        if not dist.is_initialized():
+            return ok
+        t = torch.tensor([float(ok)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def check_cuda():
+        torch.cuda.set_device(device)
+        torch.ones(1, device=device).add_(1).item()   # the first CUDA call: where an old driver fails
+        import ctypes
+        version = ctypes.c_int()
+        ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version))   # the newest CUDA the driver runs
+        ok, detail = cuda_compat(version.value, torch.version.cuda)
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i",
+                              str(local_rank)], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+        driver = smi.stdout.strip() if smi is not None and smi.returncode == 0 else "unknown"
+        return ok, f"{torch.cuda.get_device_name(device)}, NVIDIA driver {driver}, {detail}"
+
+    def check_nccl():
+        if "RANK" in os.environ:
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
+        t = torch.full((1,), float(rank + 1), device=device)
+        t0 = time.perf_counter()
+        dist.all_reduce(t)
+        torch.cuda.synchronize(device)
+        want = world * (world + 1) / 2
+        return t.item() == want, (f"all-reduce over {world} ranks gave {t.item():g} (expected {want:g}) in "
+                                  f"{1e3 * (time.perf_counter() - t0):.1f} ms, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+
+    def check_engine():
+        import sglang
+        if sglang.__version__ != rs.SGLANG_VERSION:
+            return False, f"sglang {sglang.__version__} is installed; rollout_sglang.py is written for {rs.SGLANG_VERSION}"
+        st["engine"] = rs.make_engine(st["policy"], local_rank=local_rank, mem_fraction=0.2, seed=rank)
+        return True, f"sglang {sglang.__version__}: one engine per rank started on the tiny model and released"
+
+    def check_push():
+        tok = st["tokenizer"]
+        text = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True,
+                                       tokenize=False)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]   # as train.rollout makes SGLang's prompts
+        stats = rs.sync_weights(st["policy"], st["engine"], dtype=torch.bfloat16, mem_get_info=torch.cuda.mem_get_info)
+        st["engine_bytes"] = stats["engine_bytes"]
+        (sample,) = rs.generate(st["engine"], [prompt], n=1, max_new_tokens=24, temperature=1.0, stop_ids=[])
+        ids, attn, targets, mask = train.pack([sample], st["tokenizer"].pad_token_id, device)
+        with torch.no_grad():
+            lp = train.token_logprobs(*train.final_hidden(st["policy"], ids, attn), targets)
+        trainer = lp[0][mask[0].bool()].tolist()
+        ok, detail = logprob_agreement(sample["rollout_logp"], trainer)
+        return ok, f"{stats['sync_bytes'] / 2**20:.1f} MiB pushed in {stats['sync_s']:.2f} s; {detail}"
+
+    def check_release():
+        r = rs.release(st["engine"], expected_bytes=st["engine_bytes"], mem_get_info=torch.cuda.mem_get_info)
+        took, freed = st["engine_bytes"] or 0, r["freed_bytes"] or 0
+        ok = took > 0 and freed >= 0.9 * took
+        return ok, f"resume took {took / 2**30:.2f} GiB, release gave back {freed / 2**30:.2f} GiB in {r['release_s']:.2f} s"
+
+    def check_step():
+        g = torch.Generator().manual_seed(rank)
+        samples = [{"prompt_ids": torch.randint(3, 1000, (12,), generator=g).tolist(),
+                    "completion_ids": torch.randint(3, 1000, (20,), generator=g).tolist(), "truncated": False}
+                   for _ in range(4)]
+        ids, attn, targets, mask = train.pack(samples, 0, device)
+        adv = torch.tensor([1.0, -1.0, 0.5, -0.5], device=device)
+        c = train.Config(domains=("math",), liger=True, kl_coef=0.05, max_new_tokens=20, loss_norm="sequence")
+        hidden, weight = train.final_hidden(st["policy"], ids, attn)
+        with torch.no_grad():
+            base = train.token_logprobs(hidden, weight, targets)
+        noise = torch.randn(base.shape, generator=g).to(device)
+        old, ref = base + 0.1 * noise, base - 0.1 * noise       # ratios off 1, so the loss depends on the logits
+        plain, _ = train.policy_loss_torch(hidden, weight, targets, mask, adv, old, c, ref_logp=ref)
+        liger, _ = train.policy_loss_liger(hidden, weight, targets, mask, adv, old, c, ref_logp=ref)
+        (liger * world / len(samples)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(st["policy"].parameters(), 1.0)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        st["optimizer"].step()
+        st["optimizer"].zero_grad(set_to_none=True)
+        ok, detail = loss_agreement(float(liger.detach()), float(plain.detach()))
+        return ok and math.isfinite(norm), f"{detail}; gradient norm {norm:.4f}, AdamW step taken"
+
+    def check_checkpointing():
+        layers = st["policy"].model.layers
+        calls = []
+        hook = layers[0].register_forward_pre_hook(lambda m, a: calls.append(torch.is_grad_enabled()))
+        try:
+            ids = torch.randint(3, 1000, (2, 16), device=device)
+            hidden, weight = train.final_hidden(st["policy"], ids, torch.ones_like(ids))
+            forward = len(calls)
+            (hidden.float().pow(2).mean() * 0).backward()
+        finally:
+            hook.remove()
+        st["optimizer"].zero_grad(set_to_none=True)
+        ok = st["policy"].is_gradient_checkpointing and forward == 1 and len(calls) == 2
+        return ok, (f"{len(layers)} decoder layers checkpointed; layer 0 ran {forward} time(s) in forward and "
+                    f"{len(calls) - forward} again in backward")
+
+    def setup_trainer():
+        # the engine first (SGLang sizes its memory from what is free), then the trainer, as train.py does it
+        st["tokenizer"] = modeling.load_tokenizer("tiny")
+        st["policy"] = modeling.load_model("tiny", attn_implementation=train.attention_implementation(device))
+        return True, f"tiny model ({sum(p.numel() for p in st['policy'].parameters()) / 1e6:.2f} M parameters) loaded"
+
+    def check_liger():
+        import liger_kernel  # noqa: F401
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen3   # the kernels train.py --liger uses
+        apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+        from importlib.metadata import version
+        return True, f"liger-kernel {version('liger-kernel')}: Qwen3 RMSNorm/SwiGLU/RoPE patched, fused GRPO loss importable"
+
+    def shard_trainer():
+        # a fresh copy of the same weights, built from the Liger-patched classes when the Liger check passed
+        policy = modeling.load_model("tiny", attn_implementation=train.attention_implementation(device))
+        policy.load_state_dict(st["policy"].state_dict())
+        policy.to(device).train()
+        train.enable_activation_checkpointing(policy)
+        st["policy"] = train.shard(policy, device)
+        st["optimizer"] = torch.optim.AdamW(st["policy"].parameters(), lr=1e-6)
+        sharded = all(hasattr(p, "full_tensor") for p in st["policy"].parameters())
+        return sharded, (f"{type(policy.model.norm).__name__}, attention {policy.config._attn_implementation}, "
+                         f"FSDP2 over {world} ranks with bf16 compute, activation checkpointing on")
+
+    fix_sglang = "pip install -r requirements-gpu.txt (sglang==0.5.23), or train with --rollout hf"
+    checks = [
+        ("driver and CUDA", check_cuda, "install an NVIDIA driver for torch's CUDA major version (CUDA 13: 580+)", ()),
+        ("nccl", check_nccl, "check NCCL_* variables, the GPUs' peer access (nvidia-smi topo -m), --nproc_per_node", ("driver and CUDA",)),
+        ("tiny model", setup_trainer, "python sft.py rebuilds data/tiny_sft", ("nccl",)),
+        ("sglang engine", check_engine, fix_sglang, ("tiny model",)),
+        ("liger", check_liger, "pip install liger-kernel==0.8.5 (requirements-gpu.txt), or train with --no-liger",
+         ("tiny model",)),
+        ("fsdp2", shard_trainer, "train.shard / enable_activation_checkpointing: see the error", ("tiny model",)),
+        ("weights and log-probs", check_push, "rollout_sglang.update_weights_sglang: the weight push; see its docstring",
+         ("sglang engine", "fsdp2")),
+        ("release and resume", check_release, "torch-memory-saver==0.0.10 and enable_memory_saver (rollout_sglang.engine_kwargs)",
+         ("weights and log-probs",)),
+        ("fsdp2 step, liger = torch", check_step, "train.policy_loss_liger / policy_loss_torch: the losses disagree",
+         ("fsdp2",)),
+        ("activation checkpointing", check_checkpointing, "train.enable_activation_checkpointing", ("fsdp2",)),
+    ]
+    results = run_checks(checks, agree=lambda ok: agree(ok) if dist.is_initialized() else ok, emit=emit)
+    line, status = summary(results)
+    emit(line)
+    if "engine" in st:
+        st["engine"].shutdown()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return status
+
+
 if __name__ == "__main__":
     cfg = tyro.cli(Config, console_outputs=int(os.environ.get("RANK", 0)) == 0)
+    if cfg.preflight:
+        sys.exit(preflight(cfg))
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu.py measures GPU throughput and needs CUDA, which this machine does not have "
                          "(torch " + torch.__version__ + "). Run it on a GPU node; see its docstring.")

@@ -291,3 +291,85 @@ def test_no_grad_logprob_passes_never_make_the_full_logits(monkeypatch):
         train.teacher_logp_advantage({"math": ref}, samples, ids, attn, targets, torch.zeros(targets.shape), c, "cpu")
     assert len(old) == 4 and targets.shape == (4, 40)
     assert rec.largest[0] <= 128 * V < 4 * 40 * V, rec.largest
+
+
+# --- the plain-torch loss with grad (MT-OPD, or no Liger): chunked in forward and backward (issue 22)
+
+def _one_shot_loss(hidden, weight, targets, mask, adv, old, c, ref=None, isw=None):
+    """policy_loss_torch as it was before issue 22: the full (B, T, V) logits, kept by autograd."""
+    logp_all = torch.log_softmax((hidden @ weight.T).float() / c.temperature, -1)
+    logp = logp_all.gather(-1, targets[..., None])[..., 0]
+    ratio = torch.exp(logp - old)
+    per_tok = -torch.min(ratio * adv[:, None], ratio.clamp(1 - c.clip_low, 1 + c.clip_high) * adv[:, None]) * isw
+    per_tok = per_tok + c.kl_coef * k3_kl(logp, ref)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return masked_reduce(per_tok, mask, c.loss_norm, c.max_new_tokens), (entropy * mask).sum()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 24, 1000])
+def test_chunked_loss_gradient_matches_the_one_shot_formula(monkeypatch, chunk):
+    """Loss, entropy and the gradients of hidden states and output weight, with clipping on both sides, KL to a
+    reference and an importance weight, against autograd through the full logits; chunks that do not divide the
+    positions, and one larger than all of them."""
+    monkeypatch.setattr(train, "LOGP_CHUNK", chunk)
+    torch.manual_seed(0)
+    B, T, H, V = 3, 8, 6, 50
+    hidden0, weight0 = torch.randn(B, T, H), torch.randn(V, H) * 0.5
+    targets = torch.randint(0, V, (B, T))
+    mask = torch.ones(B, T)
+    mask[1, 5:] = 0
+    adv = torch.tensor([1.0, -0.7, 0.4])
+    base = token_logprobs(hidden0, weight0, targets, 0.7)
+    old, ref, isw = base + 0.3 * torch.randn(B, T), base + 0.2 * torch.randn(B, T), torch.rand(B, T) * 2
+    c = cfg(temperature=0.7, kl_coef=0.05, loss_norm="sequence", max_new_tokens=T)
+    got, want = [], []
+    for fn, out in ((policy_loss_torch, got), (_one_shot_loss, want)):
+        h, w = hidden0.clone().requires_grad_(True), weight0.clone().requires_grad_(True)
+        loss, ent = fn(h, w, targets, mask, adv, old, c, ref, isw)
+        loss.backward()
+        out.extend([loss.detach(), ent["entropy"] if isinstance(ent, dict) else ent.detach(), h.grad, w.grad])
+    for name, g, e in zip(("loss", "entropy", "d hidden", "d weight"), got, want):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5, msg=name)
+    assert want[2].abs().max() > 0 and want[3].abs().max() > 0
+
+
+def test_chunked_loss_peak_memory_at_qwen3_vocabulary():
+    """policy_loss_torch forward and backward over 1,024 positions x 151,936 tokens (fp32, hidden 64, chunks of
+    128), in a fresh process, measured as bench/logprobs.py measures (peak resident set above the inputs). One
+    (B, T, V) fp32 tensor is 622 MB, and the formula before issue 22 kept several (4.7 GB at 2,048 positions);
+    chunked, the peak is a few (128, V) tensors of 78 MB and the 39 MB weight gradient (about 160 MB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "logprobs.py"), "--positions", "1024",
+                        "--hidden", "64", "--dtype", "float32", "--chunk", "128", "--variants", "chunked_grad"],
+                       capture_output=True, text=True, cwd=root, env={**os.environ, "M2RL_BENCH_CHILD": "1"})
+    assert r.returncode == 0, r.stderr
+    x = json.loads(r.stdout.strip().splitlines()[-1])
+    full = 1024 * 151936 * 4 / 2**20   # MB of one (B, T, V) fp32 tensor
+    assert x["finite"]
+    assert x["peak_mb"] < full / 2, x
+
+
+def test_no_grad_passes_keep_no_hidden_states_and_no_kv_cache():
+    """The frozen-model and old-log-prob forwards return neither every layer's hidden states nor a KV cache (in
+    eval mode HF would build one from config.use_cache), and their hidden states are the final norm's output."""
+    net = model.load_model("tiny").eval()
+    assert net.config.use_cache   # so the pass must turn it off
+    outs = []
+    net.register_forward_hook(lambda m, a, out: outs.append(out))
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 10, 11, 12]])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        h, w = train.final_hidden(net, ids, attn)
+        lp = train.frozen_logprobs(net, ids, attn, ids[:, 1:], 1.0)
+        full = net(input_ids=ids, attention_mask=attn, output_hidden_states=True)
+    assert len(outs) == 3
+    for out in outs[:2]:
+        assert out.hidden_states is None and out.past_key_values is None
+    torch.testing.assert_close(h, full.hidden_states[-1][:, :-1])
+    torch.testing.assert_close(lp, torch.log_softmax(full.logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0],
+                               atol=1e-5, rtol=1e-5)
+    assert w is net.lm_head.weight
