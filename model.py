@@ -1,5 +1,6 @@
 """Model and tokenizer loading, batched sampling, and atomic checkpoints (HF models, and train.py's
-resumable FSDP checkpoints: save_checkpoint, latest_checkpoint, load_optimizer).
+resumable FSDP checkpoints, whole or absent and verified before a resume: save_checkpoint, resume_checkpoint,
+load_optimizer).
 
     from model import load_model, load_tokenizer, generate, save_pretrained
     tok, net = load_tokenizer("tiny"), load_model("tiny")

@@ -10,7 +10,8 @@ One 8-GPU node (NCCL, FSDP2, Liger loss when CUDA is available):
     torchrun --nproc_per_node 8 train.py --preset paper-mixed --model PATH_TO_SFT --data blend.jsonl \
         --domains math,code,science,if
 Outputs go to out/<run_name>/: the final model in HF format at the top (merge.py and analyze.py read
-it directly), checkpoints/step_N/ (HF model + trainer_state.pt), metrics.jsonl, samples.jsonl, run.json.
+it directly; links switched together to the newest checkpoint), checkpoints/step_N/ (HF model + trainer_state.pt
++ manifest.json, each whole or absent), metrics.jsonl, samples.jsonl, run.json; train.lock while it runs.
 
 How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
 - The default preset is a small world: a 0.9M-parameter Qwen3 SFT'd by sft.py on generated demonstrations

@@ -41,8 +41,10 @@ Sandbox (one fresh process per test run, see `run_sandboxed`):
   * with bubblewrap (`bwrap` on PATH and working; checked once): new pid, network, ipc, uts and cgroup
     namespaces, so there is no network at all (not even loopback to the host) and every process the
     program starts dies with the sandbox. The filesystem is a fresh root holding only read-only /usr,
-    /lib* and the Python installation, a private /proc and /dev, and size-capped tmpfs at /tmp and at
-    the working directory /sandbox; the project, /root, /home, /work and the host's /tmp do not exist.
+    /lib* and the Python installation (wherever it is: a virtualenv under /tmp is bound inside the
+    sandbox's own /tmp, symlinks to the interpreter are recreated), a private /proc and /dev, and
+    size-capped tmpfs at /tmp and at the working directory /sandbox; the project, /root, /home, /work
+    and the host's /tmp do not exist.
     When the verifier runs as root (as in CI), the program drops to its own unprivileged uid before it
     starts (one uid per concurrent run), so RLIMIT_NPROC binds (root is exempt from it), it cannot
     signal the verifier or any other run, and it has no capabilities.
