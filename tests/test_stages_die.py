@@ -76,8 +76,10 @@ def test_kill_9_of_experiment_py_leaves_no_stage_running(tmp_path):
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        trainers = poll(lambda: [p for p, argv in processes_mentioning(str(out)).items() if argv[1:2] == ["train.py"]]
-                        if len(processes_mentioning(str(out))) >= 4 else [], 600)
+        def both_trainers():
+            found = [p for p, argv in processes_mentioning(str(out)).items() if argv[1:2] == ["train.py"]]
+            return found if len(found) == 2 else []
+        trainers = poll(both_trainers, 600)
         assert len(trainers) == 2, processes_mentioning(str(out))
     finally:
         exp.kill()
