@@ -322,7 +322,9 @@ def test_the_lock_refuses_a_second_writer_even_at_the_same_instant(tmp_path):
     assert not (tmp_path / "r").exists()   # made for the lock, and nothing was written
 
 
-def test_a_live_owner_stops_train_py_in_one_line(tmp_path, one_step):
+def test_a_live_owner_stops_train_py_in_one_line(tmp_path, one_step, capfd):
+    """Another process holds the lock: train.py's entry (cli.run around train.main) stops in one line naming it,
+    exit 2, and the run folder is untouched."""
     run_dir = copy_run(one_step, tmp_path)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
@@ -331,11 +333,13 @@ def test_a_live_owner_stops_train_py_in_one_line(tmp_path, one_step):
     try:
         assert holder.stdout.readline() == "locked\n"
         before = {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != train.LOCK}
-        r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--domains", "math", "--resume",
-                            "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert f"pid {holder.pid}" in r.stderr and "being written by another run" in r.stderr
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as e:
+            cli.run(train.main, train.Config(out_dir=str(tmp_path), **{**SMALL, "steps": STEPS, "resume": True}),
+                    "train.py")
+        err = capfd.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"train.py: error: {run_dir} is being written by another run (host h pid {holder.pid}")
         assert {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != train.LOCK} == before
     finally:
         holder.stdin.close()
