@@ -8,6 +8,7 @@ It imports only tyro and the standard library, so each script parses its flags (
 torch and transformers load.
 """
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -57,13 +58,21 @@ def parse(argv: list[str], config, presets: dict, default: str = "tiny", default
         sys.exit(2)
 
 
+# A full, over-quota, read-only or failing disk: the machine's state, not a bug, so one line like a UserError.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
 def run(main, cfg, script: str):
-    """main(cfg), with a UserError printed as "script: error: ..." and exit status 2 (tracebacks are for bugs)."""
+    """main(cfg), with a UserError or a disk error (DISK_ERRNOS) printed as "script: error: ..." and exit status 2
+    (tracebacks are for bugs; M2RL_DEBUG=1 shows them for these too)."""
     try:
         return main(cfg)
-    except UserError as e:
+    except (UserError, OSError) as e:
+        if os.environ.get("M2RL_DEBUG", "") not in ("", "0") or (isinstance(e, OSError) and e.errno not in DISK_ERRNOS):
+            raise
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"{script}: error: {e}", file=sys.stderr)
+            msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else e
+            print(f"{script}: error: {msg}", file=sys.stderr)
         sys.exit(2)
 
 

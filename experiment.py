@@ -456,12 +456,85 @@ def interpreter_argv(cmd: list[str]) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
     return cmd
 
+# The process between experiment.py and each stage's command (stdlib only, run with python -c). When experiment.py
+# dies, however it dies (kill -9 included), it kills the stage's whole process tree: torchrun's workers, which
+# torchrun starts in sessions of their own, and the programs the code verifier starts. Linux tells it at once
+# (PR_SET_PDEATHSIG); a watchdog on the parent's pid covers the instant before that is set, and kernels without it.
+# As a child subreaper it inherits the orphans of the processes it kills, so none escapes to init.
+_SUPERVISOR = r"""
+import ctypes, os, signal, subprocess, sys, time
+parent, cmd = int(sys.argv[1]), sys.argv[2:]
+
+def tree():
+    if not os.path.isdir("/proc"):
+        return None
+    kids = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(p))
+        except (OSError, ValueError, IndexError):
+            pass   # a process that ended while we read
+    found, todo = [], [os.getpid()]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+def kill_tree(code=137):
+    while True:
+        left = tree()
+        if left is None:   # no /proc: the stage's process group is the best there is
+            os.killpg(0, signal.SIGKILL)
+        if not left:
+            os._exit(code)
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(0.01)
+
+signal.signal(signal.SIGHUP, lambda *_: kill_tree())
+try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)                  # PR_SET_CHILD_SUBREAPER
+    libc.prctl(1, int(signal.SIGHUP), 0, 0, 0)  # PR_SET_PDEATHSIG: SIGHUP when experiment.py dies
+except (OSError, AttributeError):
+    pass   # not Linux: the watchdog below
+if os.getppid() != parent:   # experiment.py died before the death signal was set
+    kill_tree()
+# stop() signals the stage's process group with SIGTERM: the stage gets it too; wait here for it to end (a Python
+# handler, unlike SIG_IGN, is not inherited by the command)
+signal.signal(signal.SIGTERM, lambda *_: None)
+child = subprocess.Popen(cmd)
+while True:
+    try:
+        rc = child.wait(timeout=1)
+        break
+    except subprocess.TimeoutExpired:
+        if os.getppid() != parent:
+            kill_tree()
+kill_tree(rc if rc >= 0 else 128 - rc)   # the stage ended: so does anything it left running
+"""
+
+
+def launch(cmd: list[str], **popen) -> subprocess.Popen:
+    """Start a stage's command under _SUPERVISOR, in a session of its own (stop() signals its process group)."""
+    return subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(os.getpid()), *cmd], start_new_session=True,
+                            **popen)
+
 
 def run_alone(cfg: Config, stage: Stage) -> int:
     """Run one stage with its output on the console and in its log; returns the exit code."""
     with open(log_path(cfg, stage), "wb") as log:
-        proc = subprocess.Popen(interpreter_argv(stage.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = launch(interpreter_argv(stage.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             for chunk in iter(lambda: proc.stdout.read1(4096), b""):
                 sys.stdout.buffer.write(chunk)
@@ -474,13 +547,18 @@ def run_alone(cfg: Config, stage: Stage) -> int:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """End a stage's process group (torchrun's workers with it): it was started in its own session."""
+    """End a stage: SIGTERM to its process group (torchrun passes it on to its workers), and after 30 s its
+    supervisor kills the whole tree (SIGHUP, as when experiment.py dies)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGHUP)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_stages(cfg: Config, stages: list[Stage]) -> dict[str, float]:
@@ -520,9 +598,7 @@ def run_stages(cfg: Config, stages: list[Stage]) -> dict[str, float]:
                 t0 = time.time()
                 if training:
                     log = open(log_path(cfg, s), "wb")
-                    proc = subprocess.Popen(interpreter_argv(s.cmd), stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True,
-                                            env=env if cfg.parallel > 1 else None)
+                    proc = launch(interpreter_argv(s.cmd), stdout=log, stderr=subprocess.STDOUT, env=env if cfg.parallel > 1 else None)
                     bar = tqdm(total=s.train_steps, desc=s.name, unit="step", leave=False, dynamic_ncols=True,
                                position=1 + len(running))
                     running[s.name] = (s, proc, t0, log, bar)

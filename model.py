@@ -1,5 +1,6 @@
 """Model and tokenizer loading, batched sampling, and atomic checkpoints (HF models, and train.py's
-resumable FSDP checkpoints: save_checkpoint, latest_checkpoint, load_optimizer).
+resumable FSDP checkpoints, whole or absent and verified before a resume: save_checkpoint, resume_checkpoint,
+load_optimizer).
 
     from model import load_model, load_tokenizer, generate, save_pretrained
     tok, net = load_tokenizer("tiny"), load_model("tiny")
@@ -21,11 +22,15 @@ Regenerate the tiny tokenizer (only when its corpus or settings change on purpos
     python model.py
 """
 
+import errno
 import fcntl
 import importlib.util
+import json
 import os
+import re
 import shutil
 import tempfile
+import zlib
 
 from cli import UserError, looks_local
 
@@ -409,7 +414,7 @@ def generate_for(model):
 def save_pretrained(model, tokenizer, out_dir: str) -> None:
     """Write model (safetensors) and tokenizer to out_dir, never leaving a half-written out_dir: the files
     are complete in a temporary sibling before it takes the name. An existing out_dir is first renamed
-    aside (a crash between the two renames leaves it in out_dir.old-*) and deleted at the end."""
+    aside (a crash between the two renames leaves it in a .old-* sibling) and deleted at the end."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -418,13 +423,7 @@ def save_pretrained(model, tokenizer, out_dir: str) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         normal_modes(tmp)
-        if os.path.exists(out_dir):   # move the old one aside first: rename cannot replace a non-empty dir
-            old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "x"))
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
+        _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -443,10 +442,184 @@ def normal_modes(path: str) -> None:
             os.chmod(os.path.join(root, f), 0o666 & ~umask)
 
 
+CHECKPOINT = re.compile(r"step_(\d+)$")   # a finished checkpoint's folder; a save in progress is .tmp-step_N-*
+MANIFEST = "manifest.json"
+
+
+def checkpoints(run_dir: str) -> list[str]:
+    """The run's checkpoint folders, oldest first (by step number, not by name)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    names = [d for d in os.listdir(folder) if CHECKPOINT.match(d)] if os.path.isdir(folder) else []
+    return [os.path.join(folder, d) for d in sorted(names, key=lambda d: int(CHECKPOINT.match(d)[1]))]
+
+
 def latest_checkpoint(run_dir: str) -> str | None:
-    ckpts = sorted(d for d in os.listdir(os.path.join(run_dir, "checkpoints"))
-                   if d.startswith("step_")) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
-    return os.path.join(run_dir, "checkpoints", ckpts[-1]) if ckpts else None
+    """The newest checkpoint folder, verified or not (resume_checkpoint verifies)."""
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def file_crc32(path: str) -> int:
+    """CRC32 of a file, read in 16 MiB blocks: about 1 GB/s on one core, so a checkpoint of a 4B model (16 GB of
+    weights, 32 GB of Adam state) costs about a minute to hash, against an hour of training between saves."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(16 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def checkpoint_problem(ckpt: str) -> str | None:
+    """What is wrong with a checkpoint folder, or None when it can be resumed from. With a manifest (every save
+    since it was introduced) each listed file must be there with its size and CRC32; an older checkpoint without
+    one needs its trainer_state.pt and safetensors files whose header matches their size."""
+    try:
+        if not os.path.exists(os.path.join(ckpt, MANIFEST)):
+            if not os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
+                return "no trainer_state.pt (a save that did not finish)"
+            from safetensors import safe_open
+            weights = [n for n in os.listdir(ckpt) if n.endswith(".safetensors")]
+            if not weights:
+                return "no .safetensors weights"
+            for name in weights:
+                with safe_open(os.path.join(ckpt, name), "pt"):   # checks the header against the file's size
+                    pass
+            return None
+        with open(os.path.join(ckpt, MANIFEST)) as f:
+            files = json.load(f)["files"]
+        for name, want in files.items():
+            path = os.path.join(ckpt, name)
+            if not os.path.exists(path):
+                return f"{name} is missing"
+            if os.path.getsize(path) != want["bytes"]:
+                return f"{name} has {os.path.getsize(path)} bytes, the manifest says {want['bytes']}"
+            if file_crc32(path) != want["crc32"]:
+                return f"{name} does not match its checksum"
+        return None
+    except Exception as e:   # a manifest or header that cannot be read is one more way of being corrupt
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def resume_checkpoint(run_dir: str, say=print) -> str | None:
+    """The newest checkpoint that verifies; each newer one that does not is named with its problem (one line each)
+    and removed, since the resumed run writes those steps again. None when the run has no checkpoint; a
+    UserError when it has some and none is valid."""
+    found, bad = checkpoints(run_dir), []
+    for ckpt in reversed(found):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            for b in bad:
+                shutil.rmtree(b, ignore_errors=True)
+            return ckpt
+        say(f"--resume: skipping checkpoint {ckpt}: {problem}")
+        bad.append(ckpt)
+    if found:
+        raise UserError(f"--resume: no valid checkpoint in {os.path.join(run_dir, 'checkpoints')} (all {len(found)} "
+                        "are incomplete or corrupt, see above); --overwrite starts the run over")
+    return None
+
+
+def remove_partial_saves(run_dir: str) -> None:
+    """Remove what a save killed half-way left (temporary folders, an old top-level model no longer pointed at).
+    Only the run's one writer (train.py holds its lock) calls this."""
+    for folder in (os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, ".model")):
+        for d in os.listdir(folder) if os.path.isdir(folder) else []:
+            if d.startswith((".tmp-", ".old-")) or (folder.endswith(".model") and d != _top_target(run_dir)):
+                shutil.rmtree(os.path.join(folder, d), ignore_errors=True)
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
+        if name.startswith(".tmp-link-"):
+            os.remove(os.path.join(run_dir, name))
+
+
+def _top_target(run_dir: str) -> str | None:
+    link = os.path.join(run_dir, "model")
+    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+
+def top_level_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint (step_N) whose model the run's top level holds, None before the first save."""
+    target = _top_target(run_dir)
+    return target.split("-")[0] if target else None
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(tmp: str, final: str) -> None:
+    """tmp takes final's name by one rename; an existing final is moved aside first (rename cannot replace a
+    non-empty folder) and deleted after. A kill between the two renames leaves it in a .old-* sibling."""
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
+        os.replace(final, os.path.join(old, "x"))
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync(os.path.dirname(final))
+
+
+def point_top_level(run_dir: str, ckpt: str) -> None:
+    """Make the run's top-level model (what merge.py and analyze.py read) the one in ckpt, all files at once.
+    Each top-level file (config.json, model.safetensors, ...) is a fixed link into run_dir/model, and `model` is
+    a link to .model/step_N, which holds hard links to ckpt's HF files (a copy where the filesystem has no hard
+    links); replacing that one link switches every file together, and deleting checkpoints/ keeps the model."""
+    names = [n for n in os.listdir(ckpt) if n not in ("trainer_state.pt", MANIFEST)]
+    remove_partial_saves(run_dir)   # a switch that failed half-way leaves a copy no link points at
+    store = os.path.join(run_dir, ".model")
+    os.makedirs(store, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=store)
+    try:
+        for n in names:
+            try:
+                os.link(os.path.join(ckpt, n), os.path.join(tmp, n))
+            except OSError as e:   # a filesystem without hard links; any other error is the save's error
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                shutil.copyfile(os.path.join(ckpt, n), os.path.join(tmp, n))
+        normal_modes(tmp)
+        target = os.path.join(store, os.path.basename(ckpt))
+        if os.path.basename(ckpt) == _top_target(run_dir):   # the same step saved again: a fresh name for it
+            target += "-" + os.path.basename(tmp)[len(".tmp-"):]
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _relink(os.path.join(run_dir, "model"), os.path.join(".model", os.path.basename(target)))
+    for n in names:   # in place after the first save; a run from before this change had real files here
+        top = os.path.join(run_dir, n)
+        if not (os.path.islink(top) and os.readlink(top) == os.path.join("model", n)):
+            _relink(top, os.path.join("model", n))
+    _fsync(run_dir)
+    remove_partial_saves(run_dir)   # the top-level model it replaced
+
+
+def _relink(path: str, target: str) -> None:
+    """Point the symlink `path` at `target` atomically: a new link under a temporary name, renamed over it."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-link-{os.getpid()}-{os.path.basename(path)}")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def state_bytes(sd) -> int:
+    """Bytes of the tensors in a (nested) state dict: what a checkpoint of it takes on disk, near enough."""
+    if isinstance(sd, torch.Tensor):
+        return sd.numel() * sd.element_size()
+    if isinstance(sd, dict):
+        return sum(state_bytes(v) for v in sd.values())
+    if isinstance(sd, (list, tuple)):
+        return sum(state_bytes(v) for v in sd)
+    return 0
 
 
 def full_state(model, optimizer):
@@ -459,27 +632,68 @@ def full_state(model, optimizer):
 
 def save_checkpoint(run_dir: str, step: int, model, optimizer, tokenizer, template, state: dict, rank: int,
                     keep: int) -> None:
-    """checkpoints/step_N/ (HF model + trainer_state.pt), then the HF files copied to run_dir's top.
-    Written to a temp dir and renamed, so a run killed mid-save keeps its previous checkpoint intact."""
+    """checkpoints/step_N/ (HF model, trainer_state.pt, manifest.json), then the run's top-level model pointed at
+    it. The folder is whole or absent: every file is written and synced in a temporary sibling (.tmp-step_N-*),
+    listed with its size and CRC32 in the manifest, and the folder takes its name by one rename. The free space is
+    checked first; a write that fails anyway (a full disk: ENOSPC, EIO) removes the temporary folder and raises a
+    UserError naming the folder and the bytes needed, so the previous checkpoint stays the latest."""
     model_sd, optim_sd = full_state(model, optimizer)   # collective: every rank takes part
     if rank != 0:
         return
     with torch.device("cpu"):
         template.load_state_dict(model_sd)
-    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
-    save_pretrained(template, tokenizer, ckpt)
-    tmp = os.path.join(ckpt, "trainer_state.pt.tmp")
-    torch.save({"optimizer": optim_sd, **state}, tmp)
-    normal_modes(tmp)
-    os.replace(tmp, os.path.join(ckpt, "trainer_state.pt"))
-    for name in os.listdir(ckpt):  # the newest model also lives at the run's top, for merge/analyze
-        if name != "trainer_state.pt":
-            shutil.copyfile(os.path.join(ckpt, name), os.path.join(run_dir, name + ".tmp"))
-            os.replace(os.path.join(run_dir, name + ".tmp"), os.path.join(run_dir, name))
-    # step 0 is the run's starting model, the base that merge.py and analyze.py compare against: always kept
-    old = [d for d in sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep] if d != "step_000000"]
-    for d in old:
-        shutil.rmtree(os.path.join(run_dir, "checkpoints", d), ignore_errors=True)
+    folder = os.path.join(run_dir, "checkpoints")
+    ckpt = os.path.join(folder, f"step_{step:06d}")
+    os.makedirs(folder, exist_ok=True)
+    remove_partial_saves(run_dir)   # what a save killed half-way left
+    # weights + Adam state + tokenizer and configs (a Qwen tokenizer.json is 11 MB); the top-level model is hard
+    # links to the checkpoint's files, no second copy
+    need = state_bytes(model_sd) + state_bytes(optim_sd) + (16 << 20)
+    free = shutil.disk_usage(folder).free
+    advice = "the last complete checkpoint is intact: make room, then run again with --resume"
+    if free < need:
+        raise UserError(f"no room for checkpoint {ckpt}: it needs about {need:,} bytes and {folder} has "
+                        f"{free:,} free; {advice}")
+    tmp = None
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=folder)
+        template.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "trainer_state.pt"), "wb") as f:   # a Python file: a full disk is an OSError
+            torch.save({"optimizer": optim_sd, **state}, f)
+        files = {}
+        for name in sorted(os.listdir(tmp)):
+            path = os.path.join(tmp, name)
+            files[name] = {"bytes": os.path.getsize(path), "crc32": file_crc32(path)}
+            _fsync(path)   # on disk before the rename makes the folder a checkpoint (a power cut, not only a kill)
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump({"step": step, "files": files}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        normal_modes(tmp)
+        _swap_in(tmp, ckpt)
+        point_top_level(run_dir, ckpt)
+    except Exception as e:
+        # A disk error: an OSError, or another writer's error (safetensors' and torch's own file writers raise
+        # their own kinds) while the disk is full.
+        disk = isinstance(e, OSError) or shutil.disk_usage(folder).free < (1 << 20)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not disk:
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"saving checkpoint {ckpt} failed: {why}; it needs about {need:,} bytes in {folder} "
+                        f"({free:,} were free before the save); {advice}") from e
+    except BaseException:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # step 0 is the run's starting model, the base that merge.py and analyze.py compare against: always kept.
+    # Only checkpoints before this one count: a newer one is from a run resumed before it (and rewritten later).
+    older = [c for c in checkpoints(run_dir) if int(CHECKPOINT.match(os.path.basename(c))[1]) < step]
+    for c in older[:max(0, len(older) - (keep - 1))]:
+        if not c.endswith("step_000000"):
+            shutil.rmtree(c, ignore_errors=True)
 
 
 def load_optimizer(model, optimizer, path: str | None) -> None:

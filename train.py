@@ -10,7 +10,8 @@ One 8-GPU node (NCCL, FSDP2, Liger loss when CUDA is available):
     torchrun --nproc_per_node 8 train.py --preset paper-mixed --model PATH_TO_SFT --data blend.jsonl \
         --domains math,code,science,if
 Outputs go to out/<run_name>/: the final model in HF format at the top (merge.py and analyze.py read
-it directly), checkpoints/step_N/ (HF model + trainer_state.pt), metrics.jsonl, samples.jsonl, run.json.
+it directly; links switched together to the newest checkpoint), checkpoints/step_N/ (HF model + trainer_state.pt
++ manifest.json, each whole or absent), metrics.jsonl, samples.jsonl, run.json; train.lock while it runs.
 
 How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
 - The default preset is a small world: a 0.9M-parameter Qwen3 SFT'd by sft.py on generated demonstrations
@@ -29,14 +30,17 @@ How this file differs from the paper (M2RL, arXiv 2602.12566), on purpose:
   advantage either way.
 """
 
+import contextlib
 import copy
 import dataclasses
 import faulthandler
+import fcntl
 import importlib.util
 import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 import warnings
@@ -915,11 +919,12 @@ def resume_checkpoint(run_dir: str, device) -> str | None:
     """The checkpoint every rank resumes from: rank 0's latest, broadcast, so all ranks start at the same step.
     Every rank then reads it (the model and trainer_state.pt), so out_dir must be on a filesystem all nodes
     share (README, "On one 8-GPU node"). On node-local disks rank 0 would find step N and the others nothing,
-    and the job would hang in the optimizer-state broadcast; here every rank stops with the same error instead."""
-    ckpt = modeling.latest_checkpoint(run_dir)
+    and the job would hang in the optimizer-state broadcast; here every rank stops with the same error instead.
+    Rank 0 alone verifies the checkpoints against their manifests (model.resume_checkpoint skips, with one line
+    each, the newest ones that are incomplete or corrupt, and removes them)."""
     if not dist.is_initialized():
-        return ckpt
-    got = [ckpt]
+        return modeling.resume_checkpoint(run_dir)
+    got = [modeling.resume_checkpoint(run_dir) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(got, src=0, device=device if device.type == "cuda" else None)
     ckpt = got[0]
     blind = ckpt is not None and not os.path.exists(os.path.join(ckpt, "trainer_state.pt"))
@@ -931,9 +936,66 @@ def resume_checkpoint(run_dir: str, device) -> str | None:
     return ckpt
 
 
+LOCK = "train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str, enabled: bool = True):
+    """One writer per run folder: an exclusive flock on run_dir/train.lock, which names the holder's host and pid,
+    held from before anything is written until the run ends. The kernel drops the lock when its process dies,
+    however it dies, so a lock that can be taken is stale: its file is taken over with a note. flock is atomic,
+    so of two runs started at the same instant exactly one gets it; the other (and any later one while it runs)
+    stops with one line. A run folder that did not exist and holds nothing afterwards is removed again."""
+    if not enabled:   # ranks other than 0: rank 0 holds the lock for the whole run
+        yield
+        return
+    created = not os.path.isdir(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise UserError(f"{run_dir} is being written by another run ({owner or 'holder unknown'}, lock file "
+                            f"{path}); wait for it to end or stop it") from None
+        try:   # the holder may have removed the file between our open and our flock: lock the new file then
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    stale = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    if stale:
+        print(f"note: taking over the lock {path} left by {stale}, which is no longer running")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        try:
+            os.remove(path)   # while still holding it, so no one locks a file that is about to go
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        if created:
+            try:
+                os.rmdir(run_dir)   # only when empty: a run that failed before writing anything
+            except OSError:
+                pass
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(cfg: Config) -> None:
+    """Train, holding the run folder's lock (run_lock) from before anything is written until the end."""
+    with run_lock(run_dir_of(cfg), enabled=int(os.environ.get("RANK", 0)) == 0):
+        run_training(cfg)
+
+
+def run_training(cfg: Config) -> None:
     faulthandler.enable()   # a rank that dies in C code (e.g. a collective) still prints its Python stack
     distributed, rank, world, local_rank, device = init_distributed(cfg)
     master = rank == 0
@@ -954,8 +1016,11 @@ def main(cfg: Config) -> None:
         done = json.load(open(os.path.join(run_dir, "run.json"))).get("steps_done") if "run.json" in there else None
         raise UserError(f"{run_dir} holds a run ({f'{done} steps done' if done is not None else ', '.join(there)}); "
                         "--resume continues it, --overwrite deletes it and starts over, --run-name picks another folder")
-    if cfg.overwrite and there and master:
-        shutil.rmtree(run_dir)
+    if cfg.overwrite and there and master:   # all but the lock this run holds
+        for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
+            if name != LOCK:
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     if dist.is_initialized():
         dist.barrier()
 
@@ -978,6 +1043,8 @@ def main(cfg: Config) -> None:
     ckpt = resume_checkpoint(run_dir, device) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print0(f"--resume: no checkpoint in {run_dir}, starting fresh")
+    if master and ckpt and modeling.top_level_checkpoint(run_dir) != os.path.basename(ckpt):
+        modeling.point_top_level(run_dir, ckpt)   # a save that stopped between its checkpoint and the top level
     state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False) \
         if ckpt else {"step": 0, "elapsed_s": 0.0, "device_s": 0.0}
     tokenizer = modeling.load_tokenizer(ckpt or cfg.model)

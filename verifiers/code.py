@@ -44,8 +44,10 @@ Sandbox (one fresh process per test run, see `run_sandboxed`):
   * with bubblewrap (`bwrap` on PATH and working; checked once): new pid, network, ipc, uts and cgroup
     namespaces, so there is no network at all (not even loopback to the host) and every process the
     program starts dies with the sandbox. The filesystem is a fresh root holding only read-only /usr,
-    /lib* and the Python installation, a private /proc and /dev, and size-capped tmpfs at /tmp and at
-    the working directory /sandbox; the project, /root, /home, /work and the host's /tmp do not exist.
+    /lib* and the Python installation (wherever it is: a virtualenv under /tmp is bound inside the
+    sandbox's own /tmp, symlinks to the interpreter are recreated), a private /proc and /dev, and
+    size-capped tmpfs at /tmp and at the working directory /sandbox; the project, /root, /home, /work
+    and the host's /tmp do not exist.
     When the verifier runs as root (as in CI), the program drops to its own unprivileged uid before it
     starts (one uid per concurrent run), so RLIMIT_NPROC binds (root is exempt from it), it cannot
     signal the verifier or any other run, and it has no capabilities.
@@ -184,11 +186,40 @@ def _python_roots() -> list[str]:
     """Directories holding the Python installation the sandboxed program runs with."""
     roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     roots.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
-    return sorted(r for r in roots if r != "/")
+    roots = sorted(r for r in roots if r != "/")
+    # a root inside another is bound with it (a venv's prefix inside a conda prefix, say)
+    return [r for r in roots if not any(r.startswith(o.rstrip("/") + "/") for o in roots if o != r)]
+
+
+# Mount points the sandbox makes its own (fresh tmpfs, /proc, /dev): the host's are never bound there whole.
+_PRIVATE = ("/tmp", "/sandbox", "/proc", "/dev")
+
+
+def _interpreter_links(roots: list[str]) -> list[tuple[str, str]]:
+    """(target, link) for each symlink on the way to sys.executable, as typed, that lies outside the bound roots
+    (a python reached through a symlinked folder or file): recreated inside the sandbox, so the path that
+    run_sandboxed starts resolves there as on the host."""
+    inside = lambda p: any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots + ["/usr"])  # noqa: E731
+    links, path, done = [], os.path.abspath(sys.executable), ""
+    for _ in range(40):   # each round follows one link; 40 like the kernel's own limit
+        rest = [c for c in path.split("/") if c]
+        done = ""
+        for i, c in enumerate(rest):
+            done += "/" + c
+            if os.path.islink(done) and not inside(done):
+                target = os.readlink(done)
+                links.append((target, done))
+                path = os.path.normpath(os.path.join(os.path.dirname(done), target, *rest[i + 1:]))
+                break
+        else:
+            return links
+    return links
 
 
 def _bwrap_argv(workdir: str, disk_bytes: int) -> list[str]:
-    """bwrap options: fresh namespaces and a root with only the system, Python and a private workdir."""
+    """bwrap options: fresh namespaces and a root with only the system, Python and a private workdir.
+    The private /tmp and /sandbox come first and the Python installation after, so that an interpreter under
+    /tmp (a virtualenv at /tmp/venv) is bound, read-only, inside the sandbox's own /tmp rather than hidden by it."""
     # --as-pid-1: the program itself is the pid namespace's pid 1, so when it exits (or is killed) the
     # kernel kills every other process in the namespace before bwrap sees it exit. With bwrap's own
     # reaper as pid 1, bwrap would exit first and the program's children would die moments later.
@@ -200,22 +231,33 @@ def _bwrap_argv(workdir: str, disk_bytes: int) -> list[str]:
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    made = set()
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+             "--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(disk_bytes), "--tmpfs", "/tmp",
+             "--perms", "1777", "--size", str(disk_bytes), "--tmpfs", "/sandbox"]
+    roots = []
     for root in _python_roots():
         if root == "/usr" or root.startswith("/usr/"):
             continue
-        parts = root.strip("/").split("/")
+        if root in _PRIVATE:   # Python installed with --prefix=/tmp: its own folders only, not the host's /tmp
+            roots += [os.path.join(root, n) for n in sorted(os.listdir(root))
+                      if n in ("bin", "lib", "lib64", "include", "pyvenv.cfg")]
+        else:
+            roots.append(root)
+    made = set(_PRIVATE)
+    links = _interpreter_links(roots)
+    for path in roots + [link for _, link in links]:
+        parts = path.strip("/").split("/")
         for i in range(1, len(parts)):  # bwrap would copy the host's modes (/root is 0700): make them 0755
             parent = "/" + "/".join(parts[:i])
             if parent not in made:
                 made.add(parent)
                 argv += ["--perms", "0755", "--dir", parent]
+    for root in roots:
         argv += ["--ro-bind", root, root]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(disk_bytes), "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", str(disk_bytes), "--tmpfs", "/sandbox",
-             "--ro-bind", os.path.join(workdir, "prog.py"), "/sandbox/prog.py", "--chdir", "/sandbox"]
+    for target, link in links:
+        argv += ["--symlink", target, link]
+    argv += ["--ro-bind", os.path.join(workdir, "prog.py"), "/sandbox/prog.py", "--chdir", "/sandbox"]
     return argv
 
 
