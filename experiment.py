@@ -39,7 +39,7 @@ it. A training run that was killed resumes from its last checkpoint (train.py --
 
 Small-world choices (the CPU default), each a flag:
 - The base is data/tiny_sft, which sft.py copies when its config is the one that built it (`--sft-args
-  "--no-reuse"` trains it again: 27 minutes on 2 cores).
+  "--no-reuse"` trains it again: 45 minutes on one core).
 - Experts and MT-OPD train 25 steps, the mixed model 50 (the paper's 200/400 ratio): by step 25 each expert's
   training reward has left the base's 0.3-0.45 for about 0.8. The eval is avg@2 on 100 held-out problems per
   domain and the KL matrix uses 8 prompts per domain, so that the whole run stays within about 20 minutes on

@@ -1,15 +1,18 @@
 """Supervised fine-tuning of the tiny Qwen3 on the embedded demonstrations: the base that every RL run starts
 from and every merge is taken against, as the SFT checkpoint is in the paper (M2RL, arXiv 2602.12566).
 
-    python sft.py                          # rebuilds data/tiny_sft, the shipped base (27 min on 2 cores)
+    python sft.py                          # rebuilds data/tiny_sft, the shipped base (45 min on one core)
     python sft.py --out out/sft --seed 1   # another base, elsewhere
     python sft.py --steps 50 --out /tmp/s  # a quick look
 
 The model is model.tiny_config() (0.9M parameters) from model.load_model("tiny-init", seed), trained with
 the cross-entropy of the completion tokens (the prompt is context only) on demonstrations of all four domains
-in equal shares (data/embedded.py, `sft_examples`). The demonstrations come from three teachers: careful,
-slip and hasty (the module docstring of data/embedded.py says what each does and how often). The result
-knows how to solve each domain but mostly skips the plan, so its held-out accuracy leaves room for RL.
+in equal shares (data/embedded.py, `sft_examples`), with the item kinds of the small world (shared, specific,
+conflict, composite) at data.embedded.SFT_KINDS. Each kind has its own teachers (careful, slip and hasty;
+careful and confused; terse and full: the module docstring of data/embedded.py says what each does and how
+often). A tenth of the steps (judge_share) are judging demonstrations from data/judge.py, in batches of their
+own. The result knows how to solve each domain but often skips the plan or mixes up a domain's own skill, so
+its held-out accuracy leaves room for RL.
 
 The run is a pure function of its Config: same seed, same bits on the same CPU type and torch version (the
 thread count is fixed by `threads`, since a reduction split over another number of threads can round

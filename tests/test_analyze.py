@@ -564,9 +564,10 @@ def test_eval_records_carry_the_rows_item_kind(monkeypatch):
     a record without one."""
     rows = [{**r, "kind": "shared"} for r in data.embedded("math", "eval", n=2, seed=0)]
     rows[1].pop("kind")
-    monkeypatch.setattr(model, "generate", lambda policy, tokenizer, prompts, *, n=1, **kw: [
+    fake = lambda policy, tokenizer, prompts, *, n=1, **kw: [   # noqa: E731
         {"prompt_ids": [1], "completion_ids": [5], "text": "<think>a</think>b", "truncated": False}
-        for _ in prompts for _ in range(n)])
+        for _ in prompts for _ in range(n)]
+    monkeypatch.setattr(model, "generate_for", lambda policy: fake)   # whichever sampler would serve the model
     out = analyze.evaluate_rows(None, None, rows, k=2, max_new_tokens=4, temperature=1.0, top_p=1.0, batch_size=2,
                                 seed=0, think=True, workers=1)
     assert out[0]["kind"] == "shared" and "kind" not in out[1]
