@@ -589,7 +589,7 @@ def test_eval_tiny_model_end_to_end(tmp_path):
         assert all(1 <= n <= 8 for n in x["lengths"]) and 0 <= x["truncated"] <= 2
     for name in ("eval.json", "eval.md", "eval.csv", "eval_bars.png", "eval_bars.json"):
         assert (tmp_path / name).exists()
-    with pytest.raises(UserError, match="benchmark 'x': no file"):
+    with pytest.raises(UserError, match="benchmark 'x': data file 'nowhere.jsonl' does not exist"):
         analyze.load_benchmarks(["x=nowhere.jsonl"], ["math"], None, 0)
 
 
@@ -623,7 +623,7 @@ def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path):
         (["eval", "--models", "./no/such/model"], "model 'model': no such folder ./no/such/model"),
         (["eval", "--models", "out/math"], "no such folder out/math"),   # ./out exists: local, not a hub id
         (["eval", "--domains", "chess"], "unknown domains ['chess']"),
-        (["eval", "--benchmarks", "nowhere.jsonl"], "benchmark 'nowhere': no file nowhere.jsonl"),
+        (["eval", "--benchmarks", "nowhere.jsonl"], "benchmark 'nowhere': data file 'nowhere.jsonl' does not exist"),
         (["eval", "--benchmarks", "humaneval", "--domains", "math"], "give no problems of --domains math"),
         (["weights", "--models", f"m={empty}"], "is not a model folder, it has no config.json and no weights"),
         (["kl", "--experts", "chess=x"], "experts must be named by domain"),
