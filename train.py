@@ -924,9 +924,16 @@ def resume_checkpoint(run_dir: str, device) -> str | None:
     each, the newest ones that are incomplete or corrupt, and removes them)."""
     if not dist.is_initialized():
         return modeling.resume_checkpoint(run_dir)
-    got = [modeling.resume_checkpoint(run_dir) if dist.get_rank() == 0 else None]
+    got = [None, None]   # rank 0's checkpoint, or its error: every rank stops with it rather than wait for rank 0
+    if dist.get_rank() == 0:
+        try:
+            got[0] = modeling.resume_checkpoint(run_dir)
+        except UserError as e:
+            got[1] = str(e)
     dist.broadcast_object_list(got, src=0, device=device if device.type == "cuda" else None)
-    ckpt = got[0]
+    ckpt, problem = got
+    if problem:
+        raise UserError(problem)
     blind = ckpt is not None and not os.path.exists(os.path.join(ckpt, "trainer_state.pt"))
     n_blind = int(all_sum(torch.tensor([float(blind)], device=device)).item())
     if n_blind:

@@ -100,9 +100,14 @@ def _run_two_ranks(cwds: list[str], shared: str) -> list[list[str]]:
 
 
 def _run_folder(cwd, *steps):
+    """Checkpoints as an older train.py wrote them (no manifest): trainer_state.pt and whole safetensors weights,
+    which model.resume_checkpoint accepts."""
+    from safetensors.torch import save_file
     for n in steps:
-        os.makedirs(os.path.join(cwd, "out", "math", "checkpoints", f"step_{n}"))
-        open(os.path.join(cwd, "out", "math", "checkpoints", f"step_{n}", "trainer_state.pt"), "w").close()
+        ckpt = os.path.join(cwd, "out", "math", "checkpoints", f"step_{n}")
+        os.makedirs(ckpt)
+        open(os.path.join(ckpt, "trainer_state.pt"), "w").close()
+        save_file({"w": torch.zeros(2)}, os.path.join(ckpt, "model.safetensors"))
 
 
 def test_rank_zero_decides_the_resume_step(tmp_path):

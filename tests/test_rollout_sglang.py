@@ -377,8 +377,17 @@ def test_hf_and_sglang_rollouts_stop_on_the_same_ids(monkeypatch):
         return real(*a, generation_config=generation_config, **kw)
 
     monkeypatch.setattr(engine, "generate", spy)
+    monkeypatch.setattr(modeling, "generate_for", lambda model: modeling.generate)   # HF generate, not fast_generate
     train.rollout(net, engine, tok, rows, train.Config(domains=("math",), group_size=2), seed=0)
     assert seen == {"sglang": [0, EOS], "hf": [0, EOS]}
+    # the small world's sampler (model.fast_generate) stops on the same set: its first token is one of them here
+    monkeypatch.undo()
+    engine.generation_config.eos_token_id = [EOS, 0]
+    logits_bias = torch.zeros(engine.config.vocab_size)
+    logits_bias[0] = 50.0   # <|endoftext|>, the generation config's second eos
+    engine.lm_head.bias = torch.nn.Parameter(logits_bias)
+    out = modeling.fast_generate(engine, tok, [rows[0]["prompt"]], n=2, max_new_tokens=4, temperature=1.0, seed=0)
+    assert [o["completion_ids"] for o in out] == [[0], [0]] and not any(o["truncated"] for o in out)
     assert modeling.stop_token_ids(tok, net.generation_config) == [0, EOS]
 
 
