@@ -113,28 +113,42 @@ def kind_counts(n: int, shares: dict[str, float]) -> dict[str, int]:
 def embedded(domain: str, split: str, *, n: int | None = None, seed: int = 0,
              kinds: dict[str, float] | None = None) -> list[dict]:
     """Deterministic rows of one domain's `split` ("train" or "eval"), kinds at `kinds` shares (default: the RL
-    default for train, EVAL_KINDS for eval), ordered by kind."""
+    default for train, EVAL_KINDS for eval), interleaved so that every prefix holds the kinds at those shares as
+    nearly as it can: the first n rows are embedded(..., n=n), whatever n, so a smaller eval is a prefix of a
+    larger one with the same mix."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
     if split not in DEFAULT_N:
         raise ValueError(f"unknown split {split!r}; valid splits: train, eval")
     n = DEFAULT_N[split] if n is None else n
-    shares = kinds or (RL_KINDS if split == "train" else EVAL_KINDS[domain])
-    rows = []
-    for kind, k in kind_counts(n, shares).items():
-        rng = random.Random(f"{domain}-{seed}-{split}-{kind}")
-        seen = set()
-        for _ in range(50 * k + 1000):   # bounded, in case a problem space runs out
-            if len(seen) == k:
-                break
-            row = PROBLEMS[domain][kind](rng)[0]
-            text = row["prompt"][-1]["content"]
-            if text in seen or _in_eval(domain, content_key(row)) != (split == "eval"):
-                continue
-            seen.add(text)
-            row["id"] = f"{domain}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
-            rows.append(row)
+    shares = dict(kinds or (RL_KINDS if split == "train" else EVAL_KINDS[domain]))
+    streams = {kind: _distinct(domain, split, kind, seed) for kind in shares}
+    rows, taken = [], dict.fromkeys(shares, 0)
+    while len(rows) < n and shares:
+        # the kind furthest behind its share of the rows so far (ties: the order of the shares)
+        kind = max(shares, key=lambda k: shares[k] * (len(rows) + 1) - taken[k])
+        row = next(streams[kind], None)
+        if row is None:   # this kind's problem space ran out: the others fill the rest
+            del shares[kind]
+            continue
+        taken[kind] += 1
+        rows.append(row)
     return rows
+
+
+def _distinct(domain: str, split: str, kind: str, seed: int):
+    """Distinct rows of one kind and split, in a seeded order; ends when 2,000 draws in a row find no new one."""
+    rng, seen, misses = random.Random(f"{domain}-{seed}-{split}-{kind}"), set(), 0
+    while misses < 2000:
+        row = PROBLEMS[domain][kind](rng)[0]
+        text = row["prompt"][-1]["content"]
+        if text in seen or _in_eval(domain, content_key(row)) != (split == "eval"):
+            misses += 1
+            continue
+        seen.add(text)
+        misses = 0
+        row["id"] = f"{domain}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+        yield row
 
 
 TEACHERS = {   # kind -> (teacher, probability)

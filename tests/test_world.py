@@ -30,7 +30,10 @@ def test_embedded_is_deterministic_and_seeded(domain):
 def test_eval_split_has_200_distinct_problems_at_the_eval_shares(domain):
     rows = data.embedded(domain, "eval")
     assert len(rows) == 200 and len({_text(r) for r in rows}) == 200 and len({r["id"] for r in rows}) == 200
-    assert Counter(r["kind"] for r in rows) == world.kind_counts(200, world.EVAL_KINDS[domain])
+    for n in (7, 50, 200):   # every prefix holds the eval shares, to within one row per kind
+        got = Counter(r["kind"] for r in rows[:n])
+        assert all(abs(got[k] - n * w) < 1 for k, w in world.EVAL_KINDS[domain].items()), (n, got)
+    assert data.embedded(domain, "eval", n=50) == rows[:50]
     for r in rows:
         assert data.validate_row(r, "embedded") is r and r["domain"] == domain
         assert re.fullmatch(r"<think>[^<]*</think>.+", r["reference"], re.S), r["reference"]
@@ -39,7 +42,7 @@ def test_eval_split_has_200_distinct_problems_at_the_eval_shares(domain):
 def test_kinds_knob_sets_the_pool_and_refuses_composite():
     rows = data.load("embedded", ["math", "if"], "train", kinds="shared=1,conflict=3")
     for d in ("math", "if"):
-        assert Counter(r["kind"] for r in rows if r["domain"] == d) == {"shared": 200, "conflict": 600}
+        assert Counter(r["kind"] for r in rows if r["domain"] == d) == {"shared": 200, "conflict": 600}, d
     assert world.parse_kinds("specific=2,conflict=2") == {"specific": 0.5, "conflict": 0.5}
     for bad in ("composite=1", "shared=x", "shared=0", "plan=1", ""):
         with pytest.raises(ValueError):
