@@ -83,6 +83,8 @@ class Config:
 
 def encode(tokenizer, examples: list[dict]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids + eos) per demonstration, in one batched tokenizer call each."""
+    if not examples:   # a short run can have no judging step
+        return []
     prompts = tokenizer.apply_chat_template([e["prompt"] for e in examples], add_generation_prompt=True, tokenize=False)
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer([e["completion"] for e in examples], add_special_tokens=False)["input_ids"]

@@ -23,12 +23,14 @@ def test_shipped_base_was_built_by_the_default_config():
 def test_shipped_base_scores_inside_its_range_on_held_out_problems():
     """Held-out accuracy (avg@4 at temperature 1, 100 eval problems per domain, seed 0) must leave room for
     RL in every domain: roughly 5-50%. The base plans on about half its completions and is mostly right
-    when it does, so the with-plan accuracy is far above the overall one."""
+    when it does, so the with-plan accuracy is far above the overall one; not in IF, whose conflict items
+    ("Be brief.") are right only without a plan. Every kind of item leaves room too."""
     cfg = sft.Config(eval_problems=100, eval_k=4, seed=0)
     report = sft.held_out(modeling.load_model("tiny"), modeling.load_tokenizer("tiny"), cfg)
     for domain, r in report.items():
         assert 0.05 <= r["avg@k"] <= 0.5, (domain, r)
-        assert r["acc_with_plan"] > r["avg@k"] + 0.1, (domain, r)
+        assert domain == "if" or r["acc_with_plan"] > r["avg@k"] + 0.1, (domain, r)
+        assert all(0.05 <= v <= 0.7 for v in r["by_kind"].values()), (domain, r)
         assert 0.3 <= r["plan_share"] <= 0.7, (domain, r)
         assert r["truncated"] < 0.05, (domain, r)
 
