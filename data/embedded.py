@@ -462,16 +462,21 @@ def _code_specific(rng: random.Random) -> tuple[dict, dict]:
     return row, {"careful": careful, "confused": _think(fill(bad_plan), buggy)}
 
 
-def _code_composite(rng: random.Random) -> tuple[dict, dict]:
-    """x plus the answer of a one-step word problem (math and code at once); the slip writes the problem's first
-    number, the hasty one too, without a plan."""
+def _word_problem(rng: random.Random) -> tuple[str, str, str, int, int]:
+    """The one-step word problem inside a composite item: (item, "<name> has after having 7 <item> and getting 5
+    more", "7+5", its answer 12, its first number 7), a sum or a difference."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(2, 19), rng.randint(2, 19)
     if rng.random() < 0.5:
-        what, expr, v = f"{name} has after having {a} {item} and getting {b} more", f"{a}+{b}", a + b
-    else:
-        a, b = max(a, b) + 1, min(a, b)
-        what, expr, v = f"{name} has left after having {a} {item} and giving away {b}", f"{a}-{b}", a - b
+        return item, f"{name} has after having {a} {item} and getting {b} more", f"{a}+{b}", a + b, a
+    a, b = max(a, b) + 1, min(a, b)
+    return item, f"{name} has left after having {a} {item} and giving away {b}", f"{a}-{b}", a - b, a
+
+
+def _code_composite(rng: random.Random) -> tuple[dict, dict]:
+    """x plus the answer of a one-step word problem (math and code at once); the slip writes the problem's first
+    number, the hasty one too, without a plan."""
+    item, what, expr, v, a = _word_problem(rng)
     made = _code_row("composite", rng, f"returns x plus the number of {item} {what}", "x", f"x+{v}", f"x+{a}",
                      lambda r, k, j: (r.randint(-20, 20),), 0, 0)
     row, good, buggy = made
@@ -664,13 +669,7 @@ def _if_composite(rng: random.Random) -> tuple[dict, dict]:
     once); the slip writes the problem's first number, the hasty answer the long default sentence."""
     topic = rng.choice(list(TOPICS))
     subject, rest, _, _ = TOPICS[topic]
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a, b = rng.randint(2, 19), rng.randint(2, 19)
-    if rng.random() < 0.5:
-        what, expr, v = f"{name} has after having {a} {item} and getting {b} more", f"{a}+{b}", a + b
-    else:
-        a, b = max(a, b) + 1, min(a, b)
-        what, expr, v = f"{name} has left after having {a} {item} and giving away {b}", f"{a}-{b}", a - b
+    item, what, expr, v, a = _word_problem(rng)
     if str(v) in str(a) or str(a) in str(v):   # IFEval's keyword check is a substring search: 15 holds 5
         return _if_composite(rng)
     ids = ["keywords:existence", "punctuation:no_comma"]
